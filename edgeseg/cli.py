@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("edgeseg.runtime.commands", "mIoU, pixel accuracy and per-class IoU of a .pt/.onnx/.engine model"),
     "export": ("edgeseg.export.commands", "export a checkpoint to ONNX, a TensorRT engine, Triton or DeepStream"),
     "bench": ("edgeseg.runtime.commands", "model-only and end-to-end latency/FPS of a deployed model"),
-    "video": ("edgeseg.runtime.commands", "segment a video file, camera, RTSP stream or image folder"),
+    "video": ("edgeseg.runtime.video", "segment a video file, camera, RTSP stream or image folder"),
     "serve": ("edgeseg.runtime.serve.commands", "HTTP segmentation service with a live video page"),
     "quickstart": ("edgeseg.quickstart", "the whole pipeline on the embedded CamVid sample, with a report"),
 }
