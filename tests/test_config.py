@@ -1,0 +1,58 @@
+import pytest
+
+from edgeseg.runtime.errors import ConfigError
+from edgeseg.training.config import DEFAULTS, dump_config, parse_override, resolve_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_precedence_defaults_then_yaml_then_overrides(tmp_path):
+    path = write(tmp_path, "optim:\n  lr: 0.05\ntrain:\n  iterations: 7\n")
+    config = resolve_config(path, ["train.iterations=9", "data.crop_size=[64, 96]"])
+    assert config["optim"]["lr"] == 0.05            # from YAML
+    assert config["train"]["iterations"] == 9       # override wins over YAML
+    assert config["data"]["crop_size"] == [64, 96]  # parsed as YAML list
+    assert config["optim"]["momentum"] == DEFAULTS["optim"]["momentum"]  # untouched default
+
+
+def test_unknown_key_suggests_close_match(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'iterations'"):
+        resolve_config(None, ["train.iteratons=5"])
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
+        resolve_config(write(tmp_path, "optim:\n  lrr: 1\n"))
+
+
+def test_type_must_match_default():
+    with pytest.raises(ConfigError, match="train.iterations must be int"):
+        resolve_config(None, ["train.iterations=many"])
+    with pytest.raises(ConfigError, match="must be true or false"):
+        resolve_config(None, ["data.flip=1"])
+    assert resolve_config(None, ["optim.lr=1"])["optim"]["lr"] == 1.0  # int accepted for float, stored as float
+
+
+def test_free_form_sections_and_none_defaults(tmp_path):
+    config = resolve_config(write(tmp_path, "model:\n  kwargs: {output_stride: 16}\ndistill:\n  teacher: t.pt\n"),
+                            ["data.base_size=[180, 240]"])
+    assert config["model"]["kwargs"] == {"output_stride": 16}
+    assert config["distill"] == {"teacher": "t.pt"}
+    assert config["data"]["base_size"] == [180, 240]
+
+
+def test_bad_override_syntax_and_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="key.path=value"):
+        parse_override("train.iterations")
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        resolve_config(write(tmp_path, "train: [unclosed\n"))
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        resolve_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    config = resolve_config(None, ["name=x", "train.seed=3"])
+    assert resolve_config(write(tmp_path, dump_config(config))) == config

@@ -1,0 +1,231 @@
+"""Teacher -> student distillation wired from a config: a frozen teacher, forward hooks, a weighted list of losses.
+
+Config schema (the ``distill`` section of a training config)::
+
+    distill:
+      teacher: runs/teacher/best.pt     # an edgeseg checkpoint; frozen, eval mode, no gradients
+      task_weight: 1.0                  # weight of the student's own cross entropy (0 turns it off, e.g. for ACE)
+      losses:
+        - {name: psd, weight: 1000.0, student: [stage2, stage3, stage4], teacher: [stage2, stage3, stage4]}
+        - {name: kd, weight: 1.0, student: [logits], teacher: [logits], params: {temperature: 1.0}}
+      autoencoder:                      # Knowledge Adaptation only: the teacher-feature autoencoder stage
+        iterations: 400
+        lr: 0.1
+        cache_dir: null                 # default: ~/.cache/edgeseg/autoencoders
+
+Every loss owns its training-only adapters, so the student's ``state_dict`` (and its export) never contains them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from edgeseg.runtime.errors import ConfigError
+
+from ..checkpoint import build_model_from_card, card_classes, load_checkpoint
+from .hooks import FeatureTaps
+from .losses import build_loss
+
+LOSS_KEYS = {"name", "weight", "student", "teacher", "params"}
+AUTOENCODER_DEFAULTS = {"iterations": 400, "lr": 0.1, "cache_dir": None, "batch_size": 8}
+
+
+def _as_list(value, where: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
+        raise ConfigError(f"{where} must be a layer name or a non-empty list of layer names, got {value!r}")
+    return value
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+class Distiller:
+    """Runs the teacher beside the student and turns their tapped layers into the weighted distillation loss."""
+
+    def __init__(self, config: dict, *, student: nn.Module, classes, device: torch.device,
+                 amp_dtype: torch.dtype | None, out_dir: Path, train_set=None, train_transform=None,
+                 seed: int = 0) -> None:
+        if not isinstance(config, dict) or "teacher" not in config:
+            raise ConfigError("distill needs a 'teacher' checkpoint path")
+        unknown = set(config) - {"teacher", "task_weight", "losses", "autoencoder"}
+        if unknown:
+            raise ConfigError(f"unknown distill keys {sorted(unknown)}; expected teacher, task_weight, losses, "
+                              f"autoencoder")
+        self.device, self.amp_dtype = device, amp_dtype
+        self.task_weight = float(config.get("task_weight", 1.0))
+        self.teacher_path = Path(config["teacher"])
+        card = load_checkpoint(self.teacher_path)
+        teacher_classes = card_classes(card)
+        if tuple(teacher_classes.names) != tuple(classes.names):
+            raise ConfigError(f"teacher {self.teacher_path} predicts {list(teacher_classes.names)} but the student "
+                              f"trains on {list(classes.names)}")
+        self.teacher = build_model_from_card(card).to(device).eval()
+        for param in self.teacher.parameters():
+            param.requires_grad_(False)
+        self.teacher_name = card["model"]["name"]
+
+        specs = config.get("losses") or []
+        if not specs:
+            raise ConfigError("distill.losses is empty: list at least one loss")
+        self.specs = [self._check_spec(spec, i) for i, spec in enumerate(specs)]
+        student_names = sorted({n for s in self.specs for n in s["student"]})
+        teacher_names = sorted({n for s in self.specs for n in s["teacher"]})
+        self.student_taps = FeatureTaps(student, student_names)
+        self.teacher_taps = FeatureTaps(self.teacher, teacher_names)
+        student_channels, teacher_channels = self._probe_channels(student, train_transform)
+        self.teacher_channels = teacher_channels
+        self.criteria = nn.ModuleList()
+        for spec in self.specs:
+            try:
+                loss = build_loss(spec["name"], student_channels=[student_channels[n] for n in spec["student"]],
+                                  teacher_channels=[teacher_channels[n] for n in spec["teacher"]],
+                                  **spec["params"])
+            except (ValueError, TypeError) as err:
+                raise ConfigError(f"distill loss {spec['name']!r}: {err}") from err
+            self.criteria.append(loss.to(device))
+        self._prepare_autoencoders(config.get("autoencoder") or {}, train_set, train_transform, seed)
+
+    # ---------------------------------------------------------------------------------------------- set-up
+    @staticmethod
+    def _check_spec(spec: dict, index: int) -> dict:
+        where = f"distill.losses[{index}]"
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(f"{where} must be a mapping with at least a 'name'")
+        unknown = set(spec) - LOSS_KEYS
+        if unknown:
+            raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(LOSS_KEYS)}")
+        student = _as_list(spec.get("student", "logits"), f"{where}.student")
+        teacher = _as_list(spec.get("teacher", student), f"{where}.teacher")
+        if len(student) != len(teacher):
+            raise ConfigError(f"{where} pairs {len(student)} student layers with {len(teacher)} teacher layers")
+        params = spec.get("params") or {}
+        if not isinstance(params, dict):
+            raise ConfigError(f"{where}.params must be a mapping")
+        return {"name": spec["name"], "weight": float(spec.get("weight", 1.0)), "student": student,
+                "teacher": teacher, "params": params}
+
+    @torch.no_grad()
+    def _probe_channels(self, student: nn.Module, transform) -> tuple[dict[str, int], dict[str, int]]:
+        """One forward pass of both networks on a blank crop tells every tapped layer's channel count."""
+        height, width = transform.crop_size if transform is not None else (64, 64)
+        probe = torch.zeros(1, 3, height, width, device=self.device)
+        was_training = student.training
+        student.eval()
+        student(probe)
+        student.train(was_training)
+        self.teacher(probe)
+        channels = ({n: t.shape[1] for n, t in self.student_taps.outputs.items()},
+                    {n: t.shape[1] for n, t in self.teacher_taps.outputs.items()})
+        self.student_taps.clear()
+        self.teacher_taps.clear()
+        return channels
+
+    def _prepare_autoencoders(self, config: dict, train_set, transform, seed: int) -> None:
+        """Train (or load from cache) the teacher-feature autoencoder of every loss that needs one."""
+        needing = [(spec, loss) for spec, loss in zip(self.specs, self.criteria) if hasattr(loss, "set_encoder")]
+        if not needing:
+            return
+        unknown = set(config) - set(AUTOENCODER_DEFAULTS)
+        if unknown:
+            raise ConfigError(f"unknown distill.autoencoder keys {sorted(unknown)}")
+        settings = {**AUTOENCODER_DEFAULTS, **config}
+        cache_dir = Path(settings["cache_dir"] or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                         / "edgeseg" / "autoencoders")
+        digest = _file_digest(self.teacher_path)
+        for spec, loss in needing:
+            layer = spec["teacher"][-1]
+            latent = int(loss.latent_channels)
+            name = f"{self.teacher_name}-{digest}-{layer}-{latent}-{settings['iterations']}.pt"
+            cache = cache_dir / name
+            loss.set_encoder(self._autoencoder(cache, layer, latent, settings, train_set, transform, seed))
+
+    def _autoencoder(self, cache: Path, layer: str, latent: int, settings: dict, train_set, transform, seed: int):
+        from edgeseg.runtime.io import atomic_path
+
+        from ..data.dataset import SegmentationTorchDataset
+        from .autoencoder import FeatureAutoencoder, train_autoencoder
+
+        if cache.is_file():
+            state = torch.load(cache, map_location="cpu", weights_only=True)
+            channels = state["channels"]
+            model = FeatureAutoencoder(channels, latent)
+            model.load_state_dict(state["state_dict"])
+            print(f"autoencoder for teacher layer {layer!r}: loaded from {cache}")
+        else:
+            if train_set is None:
+                raise ConfigError("Knowledge Adaptation needs training data to fit its autoencoder")
+            print(f"autoencoder for teacher layer {layer!r}: training ({settings['iterations']} iterations), "
+                  f"cache {cache}")
+            loader = DataLoader(SegmentationTorchDataset(train_set, transform, seed=seed + 7919),
+                                batch_size=settings["batch_size"], shuffle=True, drop_last=True,
+                                generator=torch.Generator().manual_seed(seed))
+
+            def teacher_features():
+                while True:
+                    for images, _ in loader:
+                        with torch.no_grad(), self._autocast():
+                            self.teacher(images.to(self.device))
+                        (feature,) = self.teacher_taps.take([layer])
+                        self.teacher_taps.clear()
+                        yield feature.float()
+
+            channels = self.teacher_channels[layer]
+            model = train_autoencoder(teacher_features(), channels, latent, iterations=settings["iterations"],
+                                      lr=settings["lr"], device=self.device)
+            with atomic_path(cache) as tmp:
+                torch.save({"channels": channels, "state_dict": model.state_dict()}, tmp)
+        model.to(self.device).eval()
+        for param in model.parameters():
+            param.requires_grad_(False)
+        return model.encoder
+
+    # ---------------------------------------------------------------------------------------------- training
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def losses(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted distillation loss for the student forward pass that just ran on ``images``."""
+        with torch.no_grad(), self._autocast():
+            self.teacher(images)
+        total = images.new_zeros((), dtype=torch.float32)
+        parts: dict[str, torch.Tensor] = {}
+        for spec, criterion in zip(self.specs, self.criteria):
+            student = [t.float() for t in self.student_taps.take(spec["student"])]
+            teacher = [t.float() for t in self.teacher_taps.take(spec["teacher"])]
+            with torch.autocast(self.device.type, enabled=False):
+                value = criterion(student, teacher, labels)
+            key = spec["name"] if spec["name"] not in parts else f"{spec['name']}_{len(parts)}"
+            parts[key] = value.detach()
+            total = total + spec["weight"] * value
+        self.student_taps.clear()
+        self.teacher_taps.clear()
+        return total, parts
+
+    def parameters(self):
+        return self.criteria.parameters()
+
+    def state_dict(self) -> dict:
+        return self.criteria.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.criteria.load_state_dict(state)
+
+    def close(self) -> None:
+        self.student_taps.close()
+        self.teacher_taps.close()
