@@ -1,0 +1,69 @@
+"""The interface every inference backend implements, so that the Segmenter never cares what runs the network.
+
+A backend owns the model file (or server connection) and does nothing but inference: pre- and post-processing live in
+:class:`~edgeseg.runtime.segmenter.Segmenter`, once for all backends, so that a checkpoint, its ONNX export and its
+TensorRT engine see identical pixels and are scored identically.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+from ..errors import BackendUnavailable
+from ..metadata import ModelMeta
+
+DEVICE_KINDS = ("auto", "cpu", "cuda", "tensorrt")
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """Split a device string into ``(kind, gpu_index)``: ``"cuda:1"`` -> ``("cuda", 1)``, ``"cpu"`` -> ``("cpu", 0)``.
+
+    ``"gpu"`` is accepted for ``"cuda"`` and ``"trt"`` for ``"tensorrt"`` because users type both.
+    """
+    kind, _, index = str(device).strip().lower().partition(":")
+    kind = {"gpu": "cuda", "trt": "tensorrt"}.get(kind, kind)
+    if kind not in DEVICE_KINDS or (index and (not index.isdigit() or kind in ("auto", "cpu"))):
+        raise BackendUnavailable(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N, tensorrt or tensorrt:N")
+    return kind, int(index or 0)
+
+
+class Backend(abc.ABC):
+    """A loaded network that maps a prepared batch to raw outputs.
+
+    Attributes:
+        name: One of ``"onnxruntime"``, ``"tensorrt"``, ``"torch"``, ``"triton"``; reported by bench and eval.
+        meta: The model card read from the artefact; the Segmenter trusts it for sizes, normalisation and classes.
+        providers: What really executes the graph (for ONNX Runtime the providers of the created session, otherwise
+            e.g. ``["cuda:0"]``), so a report can never claim a GPU run that fell back to the CPU.
+        device: Short form of where it runs (``"cpu"``, ``"cuda:0"``, ``"tensorrt:0"``, a server address).
+        max_batch: Largest batch one :meth:`run` call accepts (``None``: no limit). Static-batch models say 1 here
+            and the Segmenter splits bigger batches.
+    """
+
+    name: str = ""
+    meta: ModelMeta
+    providers: list[str]
+    device: str = "cpu"
+    max_batch: int | None = None
+
+    @abc.abstractmethod
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run the network on a batch laid out as ``meta`` describes; return the output as a host numpy array.
+
+        The call returns only when the result is on the host, so timing it measures the whole inference including
+        the device round trip (no asynchronous work is left pending).
+        """
+
+    def close(self) -> None:
+        """Release sessions, device buffers or connections; the default has nothing to release."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.meta.model!r}, device={self.device!r}, providers={self.providers})"
