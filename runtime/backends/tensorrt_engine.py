@@ -1,0 +1,346 @@
+"""TensorRT backend: runs serialized engines (``.engine`` / ``.plan``) built by ``edgeseg export``.
+
+An engine file holds no class list, so export writes a JSON sidecar beside it (``model.engine.json``, or
+``model.json``) with the :class:`~edgeseg.runtime.metadata.ModelMeta` fields plus ``tensorrt_version`` and ``gpu``.
+Engines only run with the TensorRT version and on the GPU model that built them; the sidecar lets this module say so
+in one line instead of surfacing TensorRT's serialization assertion.
+
+Written against the TensorRT 10/11 name-based API (``num_io_tensors``, ``set_input_shape``, ``set_tensor_address``,
+``execute_async_v3``). Device and pinned host memory come from ``cuda-python``, never torch: the runtime must stay
+torch-free. Both packages are imported only when an engine is opened.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailable, MetadataError, ModelFormatError
+from ..metadata import ModelMeta
+from .base import Backend, parse_device
+
+GPU_EXTRA = "pip install 'edgeseg[gpu]' (tensorrt and cuda-python; on Jetson use the JetPack TensorRT)"
+
+TRT_DTYPES = {
+    "FLOAT": np.float32,
+    "HALF": np.float16,
+    "INT8": np.int8,
+    "UINT8": np.uint8,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "BOOL": np.bool_,
+}
+"""TensorRT ``DataType`` member names -> numpy; BF16, FP8 and INT4 have no numpy type and are refused at load."""
+
+
+def sidecar_candidates(engine_path: str | Path) -> list[Path]:
+    """Where the sidecar may be: ``model.engine.json`` first, then ``model.json``."""
+    path = Path(engine_path)
+    return [path.with_name(path.name + ".json"), path.with_suffix(".json")]
+
+
+def read_sidecar(engine_path: str | Path) -> tuple[ModelMeta, str, str]:
+    """Read an engine's sidecar: its model card, and the TensorRT version and GPU name it was built with."""
+    for candidate in sidecar_candidates(engine_path):
+        if candidate.is_file():
+            break
+    else:
+        names = " or ".join(str(c) for c in sidecar_candidates(engine_path))
+        raise MetadataError(f"{engine_path} has no sidecar ({names}): a TensorRT engine carries no class list, so "
+                            "the runtime needs the JSON that 'edgeseg export' writes beside it")
+    try:
+        data = json.loads(candidate.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MetadataError(f"{candidate}: unreadable engine sidecar ({err})") from err
+    if not isinstance(data, dict):
+        raise MetadataError(f"{candidate}: the engine sidecar must be a JSON object")
+    missing = [key for key in ("tensorrt_version", "gpu") if not data.get(key)]
+    if missing:
+        raise MetadataError(f"{candidate}: the engine sidecar lacks {', '.join(missing)}, so it cannot be checked "
+                            "against this machine; rebuild the engine with 'edgeseg export'")
+    build_version, build_gpu = str(data.pop("tensorrt_version")), str(data.pop("gpu"))
+    try:
+        meta = ModelMeta.from_dict(data)
+    except MetadataError as err:
+        raise MetadataError(f"{candidate}: {err}") from err
+    except TypeError as err:
+        raise MetadataError(f"{candidate}: malformed model metadata ({err})") from err
+    return meta, build_version, build_gpu
+
+
+def _version_triple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def _gpu_key(name: str) -> str:
+    return " ".join(name.lower().replace("nvidia", "").split())
+
+
+def check_engine_compatibility(engine_path: str | Path, built_version: str, built_gpu: str, running_version: str,
+                               running_gpu: str) -> None:
+    """Refuse an engine built by another TensorRT release (major.minor.patch) or on another GPU model."""
+    problems = []
+    if _version_triple(built_version) != _version_triple(running_version):
+        problems.append(f"TensorRT {built_version} built it, this machine has {running_version}")
+    if _gpu_key(built_gpu) != _gpu_key(running_gpu):
+        problems.append(f"it was built on {built_gpu!r}, this GPU is {running_gpu!r}")
+    if problems:
+        raise ModelFormatError(f"{engine_path} cannot run here: {'; '.join(problems)}. TensorRT engines only run "
+                               "with the TensorRT version and GPU model that built them; rebuild it on this machine "
+                               "from the ONNX export with 'edgeseg export'")
+
+
+def numpy_dtype(trt_dtype) -> np.dtype:
+    """TensorRT ``DataType`` -> numpy dtype, by member name so that the mapping needs no TensorRT to test."""
+    name = getattr(trt_dtype, "name", None) or str(trt_dtype).rsplit(".", 1)[-1]
+    if name not in TRT_DTYPES:
+        raise ModelFormatError(f"engine tensor type {name} has no numpy equivalent; export with float32, float16, "
+                               "uint8 or int32/int64 inputs and outputs")
+    return np.dtype(TRT_DTYPES[name])
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One engine input or output as the engine declares it; -1 marks a dynamic dimension."""
+
+    name: str
+    is_input: bool
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+
+def describe_tensors(engine, trt) -> list[TensorInfo]:
+    """The engine's I/O tensors in binding order, via the name-based API of TensorRT 10+."""
+    tensors = []
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        tensors.append(TensorInfo(
+            name=name,
+            is_input=engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+            dtype=numpy_dtype(engine.get_tensor_dtype(name)),
+            shape=tuple(int(d) for d in engine.get_tensor_shape(name)),
+        ))
+    return tensors
+
+
+def check_input_shape(tensor: TensorInfo, shape: tuple[int, ...]) -> None:
+    """A batch must have the engine input's rank and match every static dimension."""
+    if len(shape) != len(tensor.shape) or any(d != -1 and d != s for d, s in zip(tensor.shape, shape)):
+        declared = "x".join("?" if d == -1 else str(d) for d in tensor.shape)
+        raise ModelFormatError(f"engine input {tensor.name!r} takes shape {declared}, got {'x'.join(map(str, shape))}")
+
+
+class CudaRuntime:
+    """The few CUDA runtime calls the backend needs, through cuda-python, with errors turned into exceptions."""
+
+    def __init__(self) -> None:
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            try:
+                from cuda import cudart  # cuda-python before 12.6 exposed the module here
+            except ImportError as err:
+                raise BackendUnavailable(f"TensorRT engines need the CUDA runtime bindings: {GPU_EXTRA}") from err
+        self.cudart = cudart
+
+    def _check(self, result):
+        err, *values = result if isinstance(result, tuple) else (result,)
+        if err != self.cudart.cudaError_t.cudaSuccess:
+            message = self.cudart.cudaGetErrorString(err)[1]
+            raise BackendUnavailable(f"CUDA error: {message.decode() if isinstance(message, bytes) else message}")
+        return values[0] if len(values) == 1 else values
+
+    def set_device(self, index: int) -> None:
+        self._check(self.cudart.cudaSetDevice(index))
+
+    def device_name(self, index: int) -> str:
+        name = self._check(self.cudart.cudaGetDeviceProperties(index)).name
+        return (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).rstrip("\x00").strip()
+
+    def stream(self):
+        return self._check(self.cudart.cudaStreamCreate())
+
+    def destroy_stream(self, stream) -> None:
+        self._check(self.cudart.cudaStreamDestroy(stream))
+
+    def synchronize(self, stream) -> None:
+        self._check(self.cudart.cudaStreamSynchronize(stream))
+
+    def malloc(self, nbytes: int) -> int:
+        return int(self._check(self.cudart.cudaMalloc(max(1, nbytes))))
+
+    def free(self, pointer: int) -> None:
+        self._check(self.cudart.cudaFree(pointer))
+
+    def pinned_array(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, np.ndarray]:
+        """Page-locked host memory seen as a numpy array: copies from it overlap and run at full bus speed."""
+        nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        pointer = int(self._check(self.cudart.cudaMallocHost(nbytes)))
+        raw = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_uint8)), shape=(nbytes,))
+        return pointer, raw[: int(np.prod(shape)) * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+
+    def free_pinned(self, pointer: int) -> None:
+        self._check(self.cudart.cudaFreeHost(pointer))
+
+    def copy_to_device(self, device_pointer: int, host: np.ndarray, stream) -> None:
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._check(self.cudart.cudaMemcpyAsync(device_pointer, host.ctypes.data, host.nbytes, kind, stream))
+
+    def copy_to_host(self, host: np.ndarray, device_pointer: int, stream) -> None:
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._check(self.cudart.cudaMemcpyAsync(host.ctypes.data, device_pointer, host.nbytes, kind, stream))
+
+
+class EngineRunner:
+    """Executes one engine on one stream; buffers are allocated per input shape and reused while it stays the same.
+
+    Kept apart from TensorRT loading so that shape handling, buffer management and copies can be tested with a
+    fake engine and fake CUDA calls.
+
+    Args:
+        engine: A deserialized ``ICudaEngine`` (or a stand-in with the same methods).
+        trt: The ``tensorrt`` module (for ``TensorIOMode``).
+        cuda: A :class:`CudaRuntime` (or stand-in).
+        input_name: Preferred input tensor (from the metadata); the only input is taken when it is absent.
+        output_name: The output to return; others (auxiliary heads) get device buffers but are not copied back.
+    """
+
+    def __init__(self, engine, trt, cuda, input_name: str, output_name: str) -> None:
+        self.engine = engine
+        self.cuda = cuda
+        self.tensors = describe_tensors(engine, trt)
+        inputs = [t for t in self.tensors if t.is_input]
+        outputs = [t for t in self.tensors if not t.is_input]
+        if len(inputs) != 1 or not outputs:
+            raise ModelFormatError(f"expected an engine with one input and at least one output, got inputs "
+                                   f"{[t.name for t in inputs]} and outputs {[t.name for t in outputs]}")
+        self.input = inputs[0]
+        if input_name != self.input.name and input_name in {t.name for t in self.tensors}:
+            raise MetadataError(f"metadata input {input_name!r} is an output of the engine")
+        self.output = next((t for t in outputs if t.name == output_name), outputs[0])
+        self.context = engine.create_execution_context()
+        self.stream = cuda.stream()
+        self._shape: tuple[int, ...] | None = None
+        self._device: dict[str, int] = {}
+        self._pinned: dict[str, tuple[int, np.ndarray]] = {}
+
+    @property
+    def max_batch(self) -> int | None:
+        """The static batch, or the largest one the engine's first optimization profile allows."""
+        declared = self.input.shape[0]
+        if declared != -1:
+            return declared
+        return int(self.engine.get_tensor_profile_shape(self.input.name, 0)[2][0])
+
+    def _release(self) -> None:
+        for pointer in self._device.values():
+            self.cuda.free(pointer)
+        for pointer, _ in self._pinned.values():
+            self.cuda.free_pinned(pointer)
+        self._device, self._pinned, self._shape = {}, {}, None
+
+    def _allocate(self, shape: tuple[int, ...]) -> None:
+        self._release()
+        if not self.context.set_input_shape(self.input.name, shape):
+            raise ModelFormatError(f"engine input {self.input.name!r} rejects shape {shape}: outside its "
+                                   "optimization profile")
+        for tensor in self.tensors:
+            tensor_shape = shape if tensor.is_input else tuple(int(d) for d in self.context.get_tensor_shape(tensor.name))
+            if any(d < 0 for d in tensor_shape):
+                raise ModelFormatError(f"engine output {tensor.name!r} has a data-dependent shape {tensor_shape}")
+            pointer = self.cuda.malloc(int(np.prod(tensor_shape)) * tensor.dtype.itemsize)
+            self._device[tensor.name] = pointer
+            self.context.set_tensor_address(tensor.name, pointer)
+            if tensor.is_input or tensor is self.output:
+                self._pinned[tensor.name] = self.cuda.pinned_array(tensor_shape, tensor.dtype)
+        self._shape = shape
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if batch.dtype != self.input.dtype:
+            raise ModelFormatError(f"engine input {self.input.name!r} takes {self.input.dtype}, got {batch.dtype}")
+        shape = tuple(batch.shape)
+        check_input_shape(self.input, shape)
+        if shape != self._shape:
+            self._allocate(shape)
+        host_input = self._pinned[self.input.name][1]
+        np.copyto(host_input, batch)
+        self.cuda.copy_to_device(self._device[self.input.name], host_input, self.stream)
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise ModelFormatError("TensorRT failed to enqueue the engine (see the TensorRT log above)")
+        host_output = self._pinned[self.output.name][1]
+        self.cuda.copy_to_host(host_output, self._device[self.output.name], self.stream)
+        self.cuda.synchronize(self.stream)
+        # The pinned buffer is overwritten by the next call; the caller gets its own array.
+        return host_output.copy()
+
+    def close(self) -> None:
+        self._release()
+        if self.stream is not None:
+            self.cuda.destroy_stream(self.stream)
+            self.stream = None
+        self.context = None
+
+
+class TensorRTBackend(Backend):
+    """A TensorRT engine with its sidecar metadata, on GPU ``N`` of ``cuda:N`` / ``tensorrt:N`` (default 0)."""
+
+    name = "tensorrt"
+
+    def __init__(self, path: str, device: str = "auto") -> None:
+        self.path = str(path)
+        kind, index = parse_device(device)
+        if kind == "cpu":
+            raise BackendUnavailable(f"{self.path}: TensorRT engines run only on an NVIDIA GPU, not on the cpu; "
+                                     "run the ONNX export for CPU inference")
+        self.meta, built_version, built_gpu = read_sidecar(self.path)
+        try:
+            import tensorrt as trt
+        except ImportError as err:
+            raise BackendUnavailable(f"{self.path} is a TensorRT engine but TensorRT is not installed: "
+                                     f"{GPU_EXTRA}") from err
+        cuda = CudaRuntime()
+        cuda.set_device(index)
+        check_engine_compatibility(self.path, built_version, built_gpu, trt.__version__, cuda.device_name(index))
+
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(self._logger, "")
+        self._runtime = trt.Runtime(self._logger)
+        engine = self._runtime.deserialize_cuda_engine(Path(self.path).read_bytes())
+        if engine is None:
+            raise ModelFormatError(f"{self.path}: TensorRT could not deserialize the engine (see its log above)")
+        self._engine = engine
+        self._runner = EngineRunner(engine, trt, cuda, self.meta.input_name, self.meta.output_name)
+        self._apply_engine_io()
+        self.device = f"cuda:{index}"
+        self.providers = [f"tensorrt-{trt.__version__}:cuda:{index}"]
+
+    def _apply_engine_io(self) -> None:
+        """The engine is authoritative for dtype and static size; metadata that contradicts it is an error."""
+        tensor = self._runner.input
+        if tensor.dtype != np.dtype(self.meta.input_dtype):
+            raise MetadataError(f"{self.path}: sidecar says input dtype {self.meta.input_dtype}, the engine takes "
+                                f"{tensor.dtype}")
+        if len(tensor.shape) != 4:
+            raise ModelFormatError(f"{self.path}: expected a 4-D image input, the engine takes {tensor.shape}")
+        spatial = tensor.shape[1:3] if self.meta.input_layout == "NHWC" else tensor.shape[2:4]
+        engine_size = [d if d > 0 else None for d in spatial]
+        if engine_size != [None, None]:
+            declared = [int(d) if d else None for d in self.meta.input_size]
+            if declared != [None, None] and declared != engine_size:
+                raise MetadataError(f"{self.path}: sidecar says input size {declared}, the engine takes {engine_size}")
+            self.meta.input_size = engine_size
+        self.max_batch = self._runner.max_batch
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._runner.run(np.ascontiguousarray(batch))
+
+    def close(self) -> None:
+        if getattr(self, "_runner", None) is not None:
+            self._runner.close()
+            self._runner = None
+        self._engine = None
