@@ -107,15 +107,22 @@ def _palette_indices_as_grey(data: bytes, path: Path) -> bytes:
     return _PNG_SIGNATURE + b"".join(_png_chunk(kind, payload) for kind, payload in chunks)
 
 
+def _decode(data: bytes, flags: int, path: Path, what: str) -> np.ndarray:
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags) if data else None
+    except cv2.error:  # OpenCV raises instead of returning None for some malformed headers
+        decoded = None
+    if decoded is None:
+        raise DataError(f"{what} file cannot be decoded (empty, corrupt or not an image): {path}")
+    return decoded
+
+
 def read_rgb_image(path: str | Path) -> np.ndarray:
     """Decode an image file to HxWx3 RGB uint8, refusing unreadable or truncated files with a DataError."""
     path = Path(path)
     data = _read_file_bytes(path, "image")
     _check_complete(data, path, "image")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _IMAGE_READ_FLAGS)
-    if image is None:
-        raise DataError(f"image file cannot be decoded (corrupt or not an image): {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(_decode(data, _IMAGE_READ_FLAGS, path, "image"), cv2.COLOR_BGR2RGB)
 
 
 def read_raw_label(path: str | Path) -> np.ndarray:
@@ -130,10 +137,7 @@ def read_raw_label(path: str | Path) -> np.ndarray:
     indexed = data.startswith(_PNG_SIGNATURE) and len(data) > 25 and data[25] == _PNG_PALETTE_COLOUR_TYPE
     if indexed:
         data = _palette_indices_as_grey(data, path)
-    flags = cv2.IMREAD_COLOR if indexed else cv2.IMREAD_UNCHANGED
-    label = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
-    if label is None:
-        raise DataError(f"label file cannot be decoded (corrupt or not an image): {path}")
+    label = _decode(data, cv2.IMREAD_COLOR if indexed else cv2.IMREAD_UNCHANGED, path, "label")
     if label.dtype != np.uint8:
         raise DataError(f"label file must hold 8-bit class ids, found {label.dtype} values: {path}")
     if label.ndim == 3:
