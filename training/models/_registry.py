@@ -158,3 +158,12 @@ def taps_of(model: nn.Module) -> dict[str, Tap]:
         except AttributeError:
             raise ValueError(f"{type(model).__name__}: tap {alias!r} names missing module {tap.module!r}") from None
     return dict(taps)
+
+
+def stage_taps(backbone: nn.Module, prefix: str = "backbone") -> dict[str, Tap]:
+    """``stage1``.. taps for a backbone that lists ``stage_names``, ``stage_channels`` and ``stage_strides``."""
+    return {
+        f"stage{index}": Tap(f"{prefix}.{name}", channels, stride, "stage")
+        for index, (name, channels, stride) in enumerate(
+            zip(backbone.stage_names, backbone.stage_channels, backbone.stage_strides), start=1)
+    }
