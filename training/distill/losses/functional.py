@@ -44,7 +44,8 @@ def node_grid(height: int, width: int, max_nodes: int) -> tuple[int, int]:
     scale = math.sqrt(max_nodes / (height * width))
     pooled_height = min(height, max(1, math.floor(height * scale)))
     pooled_width = min(width, max(1, max_nodes // pooled_height))
-    return pooled_height, pooled_width
+    # A very tall, narrow map keeps width 1 and gives the whole budget to its height.
+    return min(pooled_height, max_nodes // pooled_width), pooled_width
 
 
 def pool_to_node_budget(maps: torch.Tensor, max_nodes: int, mode: str = "avg") -> torch.Tensor:
