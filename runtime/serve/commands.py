@@ -1,0 +1,156 @@
+"""``edgeseg serve MODEL``: load the model once per worker and run the HTTP service on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+import sys
+
+from ..errors import EdgesegError
+
+LOOPBACK = "127.0.0.1"
+GRACEFUL_SHUTDOWN_S = 3
+"""Open MJPEG streams never end by themselves; on Ctrl-C they are cut after this many seconds."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than zero, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must lie in 0..65535, got {text}")
+    return value
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..backends import BACKEND_NAMES
+
+    parser.add_argument("model", help="model to serve: .onnx, .engine/.plan (+ .json sidecar), .pt, or "
+                                      "triton://host:port/model")
+    parser.add_argument("--host", default=LOOPBACK,
+                        help="address to listen on (default %(default)s: this machine only; the service has no "
+                             "authentication, so expose it only behind something that has)")
+    parser.add_argument("--port", type=_port, default=8000, help="TCP port; 0 picks a free one (default %(default)s)")
+    parser.add_argument("--source", metavar="URI",
+                        help="video for the live stream at /v1/stream and on the page: a file (looped), camera, "
+                             "RTSP/HTTP stream or image folder, in any form 'edgeseg video' accepts")
+    parser.add_argument("--workers", type=_positive_int, default=1,
+                        help="inference threads, each with its own model session (default %(default)s)")
+    parser.add_argument("--max-batch", type=_positive_int, default=8,
+                        help="most images per network call when the model has a dynamic batch axis; 1 turns "
+                             "dynamic batching off (default %(default)s)")
+    parser.add_argument("--max-wait-ms", type=_non_negative_float, default=5.0,
+                        help="how long a worker waits for more requests to fill a batch (default %(default)s)")
+    parser.add_argument("--max-image-mb", type=_positive_float, default=20.0,
+                        help="largest request body in MiB (default %(default)s)")
+    parser.add_argument("--size", metavar="HxW",
+                        help="network input size for a model exported with dynamic height and width; without it "
+                             "each image runs at its own size rounded to 32")
+    parser.add_argument("--backend", default="auto", choices=BACKEND_NAMES, help="inference backend")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or tensorrt[:N] (default auto)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours on the stream")
+    parser.add_argument("--access-log", action="store_true", help="log every request (off: it costs throughput)")
+    parser.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
+                        help="uvicorn's log level (default %(default)s)")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket here, so that a busy port is one clear error instead of a uvicorn traceback."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, IndexError) as err:
+        raise EdgesegError(f"cannot resolve --host {host!r}: {err}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as err:
+        sock.close()
+        raise EdgesegError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_source(uri: str) -> None:
+    """Open the stream source once before loading the model, so a typo or a corrupt file fails at start-up."""
+    from ..video.sources import open_source
+
+    open_source(uri).close()
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError as err:
+        raise EdgesegError(f"edgeseg serve needs the serve extra (pip install 'edgeseg[serve]'): {err}") from None
+    from ..backends.onnx_runtime import THREADS_ENV, default_threads
+    from ..segmenter import Segmenter
+    from .app import ServeConfig, create_app
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise EdgesegError(f"--alpha must lie in [0, 1], got {args.alpha}")
+    if args.source is not None:
+        _check_source(args.source)
+    if args.workers > 1 and THREADS_ENV not in os.environ:
+        # N sessions each spreading over every core would fight over them; give each its share instead.
+        os.environ[THREADS_ENV] = str(max(1, default_threads() // args.workers))
+
+    segmenters = []
+    try:
+        for _ in range(args.workers):
+            segmenters.append(Segmenter.load(args.model, backend=args.backend, device=args.device, size=args.size))
+        config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                             max_image_bytes=int(args.max_image_mb * 2 ** 20), source=args.source,
+                             stream_alpha=args.alpha)
+        app = create_app(segmenters, config)
+        sock = _listen(args.host, args.port)
+        host, port = sock.getsockname()[:2]
+        seg = segmenters[0]
+        batcher = app.state.server.batcher
+        url_host = f"[{host}]" if ":" in host else host
+        print(f"edgeseg serve: {seg.meta.model} on {seg.backend.name} ({', '.join(seg.providers)}), "
+              f"{args.workers} worker(s), max batch {batcher.max_batch}"
+              f"{'' if batcher.max_batch == args.max_batch else ' (the model has a fixed batch axis)'}"
+              f"{', stream from ' + args.source if args.source else ''}", file=sys.stderr)
+        if not _is_loopback(args.host):
+            print(f"edgeseg serve: listening on {args.host}, beyond this machine; the service has no "
+                  "authentication", file=sys.stderr)
+        print(f"edgeseg serve: listening on http://{url_host}:{port}/", file=sys.stderr, flush=True)
+        server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
+                                               lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
+        server.run(sockets=[sock])
+        return 0 if server.started else 1
+    finally:
+        for seg in segmenters:
+            seg.close()
