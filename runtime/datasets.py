@@ -226,7 +226,7 @@ class SegmentationDataset:
         """The label of one sample as train ids (255 = ignore); values the dataset does not define are an error."""
         path = self._pair(index)[1]
         raw = read_raw_label(path)
-        label = self._lut[raw]
+        label = cv2.LUT(raw, self._lut)
         if self._sentinel is not None and (label == self._sentinel).any():
             unknown = np.unique(raw[label == self._sentinel])[:10].tolist()
             raise DataError(f"label file holds values {unknown} that are not {self.name} classes "
