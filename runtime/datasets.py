@@ -255,7 +255,8 @@ def _split_dir(parent: Path, split: str, what: str) -> Path:
     folder = parent / split
     if not folder.is_dir():
         available = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
-        raise DataError(f"{what} split folder does not exist: {folder} (splits found: {', '.join(available) or 'none'})")
+        raise DataError(f"{what} split folder does not exist: {folder} "
+                        f"(splits found: {', '.join(available) or 'none'})")
     return folder
 
 
