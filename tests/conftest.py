@@ -37,7 +37,7 @@ TINY_STD = (0.2, 0.25, 0.3)
 # the biases; the biases differ by k/3060 (k = 1..3), so no pixel is ever a tie (margin >= 1/3060), and float32
 # rounding in any backend cannot flip a class.
 TINY_WEIGHT = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [-1, -1, -1]], dtype=np.float32)
-TINY_BIAS = np.array([0, 1 / 3060, 2 / 3060, -1 + 3 / 3060], dtype=np.float32)
+TINY_BIAS = np.array([0, 1 / 3060, 2 / 3060, -2 + 3 / 3060], dtype=np.float32)
 TINY_SIZE = (64, 64)
 
 _OPSET = 17

@@ -1,0 +1,107 @@
+"""Latency and throughput of a deployed model, measured two ways.
+
+*Model-only*: the ``run`` stage alone on a batch prepared once, i.e. what the backend and accelerator deliver,
+including the host/device copies a real caller also pays. *End-to-end*: ``prepare`` + ``run`` + ``finish`` from a
+uint8 frame at a camera's size (540x960 by default, like the bundled dashcam video) to the class map at that size,
+which is what a video application can at best reach. Each call is timed with ``perf_counter``; backends return only
+once results are on the host (ONNX Runtime's IO-binding run is synchronous, the TensorRT backend synchronises its
+stream), so GPU work is inside the measurement. All samples are kept: no outlier clipping, tails show in p99.
+"""
+
+from __future__ import annotations
+
+import sys
+from time import perf_counter
+from typing import Callable
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .segmenter import Segmenter
+
+DEFAULT_CAMERA_SIZE = (540, 960)
+
+
+def latency_summary(seconds: list[float]) -> dict[str, float]:
+    """p50/p90/p99/mean (and min/max) of per-call times, in milliseconds."""
+    samples = np.asarray(seconds, dtype=np.float64) * 1000.0
+    p50, p90, p99 = np.percentile(samples, [50, 90, 99])
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(samples.mean()),
+            "min": float(samples.min()), "max": float(samples.max())}
+
+
+def synthetic_frame(size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """A smooth random RGB frame: content does not change a CNN's speed, but a realistic image keeps resizing and
+    any data-dependent post-processing honest compared with a constant one."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (max(2, size[0] // 32), max(2, size[1] // 32), 3), dtype=np.uint8)
+    return cv2.resize(coarse, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+
+
+def time_calls(call: Callable[[], object], warmup: int, iters: int, label: str = "", progress: bool | None = None
+               ) -> list[float]:
+    """Run ``call`` ``warmup`` times untimed, then ``iters`` times timed; returns seconds per call.
+
+    ``progress=None`` shows a bar on an interactive stderr for runs longer than about a second.
+    """
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in tqdm(range(iters), desc=label, unit="it", file=sys.stderr, leave=False, delay=1.0,
+                  disable=None if progress is None else not progress):
+        start = perf_counter()
+        call()
+        samples.append(perf_counter() - start)
+    return samples
+
+
+def benchmark(segmenter: Segmenter, batch: int = 1, warmup: int = 10, iters: int = 100,
+              camera_size: tuple[int, int] = DEFAULT_CAMERA_SIZE, progress: bool | None = None) -> dict:
+    """Time ``segmenter`` at its input size (or, for a dynamic model without one, the camera size rounded).
+
+    Returns a JSON-ready row: ``backend``, ``device``, ``size`` [h, w], ``batch``, ``latency_ms`` and ``fps``
+    (model-only, images/s), ``e2e_latency_ms`` and ``e2e_fps`` (frames/s), plus the model, providers and precision.
+    """
+    if batch < 1 or iters < 1 or warmup < 0:
+        raise ValueError("batch and iters must be positive and warmup non-negative")
+    frames = [synthetic_frame(camera_size, seed=i) for i in range(batch)]
+    network_size = segmenter.network_size(frames)
+    prepared = segmenter.prepare([synthetic_frame(network_size, seed=i) for i in range(batch)])
+    model_samples = time_calls(lambda: segmenter.run(prepared), warmup, iters, "model-only", progress)
+
+    frame_sizes = [frame.shape[:2] for frame in frames]
+    e2e_samples = time_calls(lambda: segmenter.finish(segmenter.run(segmenter.prepare(frames)), frame_sizes),
+                             warmup, iters, "end-to-end", progress)
+    latency, e2e_latency = latency_summary(model_samples), latency_summary(e2e_samples)
+    backend = segmenter.backend
+    return {
+        "model": segmenter.meta.model,
+        "backend": backend.name,
+        "device": backend.device,
+        "providers": list(backend.providers),
+        "precision": segmenter.meta.precision,
+        "size": list(network_size),
+        "batch": batch,
+        "warmup": warmup,
+        "iters": iters,
+        "latency_ms": latency,
+        "fps": batch * 1000.0 / latency["mean"],
+        "camera_size": list(camera_size),
+        "e2e_latency_ms": e2e_latency,
+        "e2e_fps": batch * 1000.0 / e2e_latency["mean"],
+    }
+
+
+def format_bench_table(rows: list[dict]) -> str:
+    """One line per benchmarked size; times in ms, throughput in images (model) or frames (e2e) per second."""
+    header = (f"{'size':>11} {'batch':>5} | {'p50':>8} {'p90':>8} {'p99':>8} {'mean':>8} {'img/s':>8} | "
+              f"{'e2e p50':>8} {'e2e p99':>8} {'e2e FPS':>8}")
+    lines = [" " * 18 + "model-only latency (ms)" + " " * 25 + "end-to-end (ms)", header, "-" * len(header)]
+    for row in rows:
+        model, e2e = row["latency_ms"], row["e2e_latency_ms"]
+        size = f"{row['size'][0]}x{row['size'][1]}"
+        lines.append(f"{size:>11} {row['batch']:>5} | {model['p50']:8.2f} {model['p90']:8.2f} {model['p99']:8.2f} "
+                     f"{model['mean']:8.2f} {row['fps']:8.1f} | {e2e['p50']:8.2f} {e2e['p99']:8.2f} "
+                     f"{row['e2e_fps']:8.1f}")
+    return "\n".join(lines)

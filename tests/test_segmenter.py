@@ -1,0 +1,607 @@
+"""Segmenter and backends on the tiny ONNX models (see conftest.py); TensorRT and CUDA paths with stand-ins."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+import types
+
+import numpy as np
+import onnxruntime
+import pytest
+
+from edgeseg.runtime import ModelMeta, Segmenter
+from edgeseg.runtime import backends as backend_registry
+from edgeseg.runtime.backends import onnx_runtime, tensorrt_engine
+from edgeseg.runtime.backends.tensorrt_engine import (EngineRunner, check_engine_compatibility, numpy_dtype,
+                                                      read_sidecar)
+from edgeseg.runtime.backends.triton_client import parse_triton_uri
+from edgeseg.runtime.errors import BackendUnavailable, DataError, MetadataError, ModelFormatError
+
+from conftest import TINY_BIAS, TINY_CLASSES, TINY_MEAN, TINY_PALETTE, TINY_STD, TINY_WEIGHT, tiny_metadata
+
+ALL_MODELS = ("static", "dynamic", "fused", "fused_dynamic")
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+REAL_INFERENCE_SESSION = onnxruntime.InferenceSession
+
+
+def quadrant_image(size: int = 64) -> np.ndarray:
+    """Pure red, green, blue and black quadrants: by the tiny models' weights, classes 0, 1, 2, 3."""
+    half = size // 2
+    image = np.zeros((size, size, 3), dtype=np.uint8)
+    image[:half, :half], image[:half, half:], image[half:, :half] = RED, GREEN, BLUE
+    return image
+
+
+def quadrant_ids(size: int = 64) -> np.ndarray:
+    half = size // 2
+    ids = np.full((size, size), 3, dtype=np.uint8)
+    ids[:half, :half], ids[:half, half:], ids[half:, :half] = 0, 1, 2
+    return ids
+
+
+def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def segmenters(tiny_onnx):
+    loaded = {name: Segmenter.load(getattr(tiny_onnx, name)) for name in ALL_MODELS}
+    yield loaded
+    for segmenter in loaded.values():
+        segmenter.close()
+
+
+# --- segmentation results -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_quadrant_colours_give_their_classes(segmenters, name):
+    class_map = segmenters[name].segment(quadrant_image())
+    assert class_map.dtype == np.uint8
+    np.testing.assert_array_equal(class_map, quadrant_ids())
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_random_image_matches_numpy_reference(segmenters, tiny_onnx, name):
+    image = random_image(64, 64, seed=3)
+    np.testing.assert_array_equal(segmenters[name].segment(image), tiny_onnx.expected(image))
+
+
+def test_fused_and_unfused_give_the_same_map_on_resized_images(segmenters):
+    image = random_image(100, 150, seed=5)
+    static, fused = segmenters["static"].segment(image), segmenters["fused"].segment(image)
+    assert static.shape == (100, 150)
+    np.testing.assert_array_equal(static, fused)
+    dynamic, fused_dynamic = segmenters["dynamic"].segment(image), segmenters["fused_dynamic"].segment(image)
+    np.testing.assert_array_equal(dynamic, fused_dynamic)
+
+
+def test_segment_batch_handles_mixed_sizes_and_splits_a_fixed_batch(segmenters):
+    segmenter = segmenters["static"]
+    assert segmenter.backend.max_batch == 1
+    images = [random_image(64, 64, 1), random_image(40, 90, 2), quadrant_image(128)]
+    calls = []
+    original_run = segmenter.backend.run
+    segmenter.backend.run = lambda batch: calls.append(batch.shape) or original_run(batch)
+    try:
+        maps = segmenter.segment_batch(images)
+    finally:
+        del segmenter.backend.run
+    assert calls == [(1, 3, 64, 64)] * 3
+    assert [m.shape for m in maps] == [(64, 64), (40, 90), (128, 128)]
+    for image, class_map in zip(images, maps):
+        np.testing.assert_array_equal(class_map, segmenter.segment(image))
+    np.testing.assert_array_equal(maps[2], quadrant_ids(128))
+
+
+def test_segment_batch_runs_dynamic_batches_together(segmenters, tiny_onnx):
+    segmenter = segmenters["fused"]
+    images = [random_image(64, 64, seed) for seed in range(5)]
+    maps = segmenter.segment_batch(images, batch_size=2)
+    for image, class_map in zip(images, maps):
+        np.testing.assert_array_equal(class_map, tiny_onnx.expected(image))
+
+
+def test_prepare_normalises_into_nchw_or_keeps_uint8_nhwc_when_fused(segmenters):
+    image = random_image(64, 64, seed=7)
+    unfused = segmenters["static"].prepare([image])
+    assert unfused.shape == (1, 3, 64, 64) and unfused.dtype == np.float32
+    by_hand = ((image / 255.0 - np.array(TINY_MEAN)) / np.array(TINY_STD)).transpose(2, 0, 1)
+    np.testing.assert_allclose(unfused[0], by_hand, atol=1e-5)
+    fused = segmenters["fused"].prepare([image, image])
+    assert fused.shape == (2, 64, 64, 3) and fused.dtype == np.uint8
+    np.testing.assert_array_equal(fused[1], image)
+
+
+def test_finish_resizes_class_maps_with_nearest_neighbour(segmenters):
+    segmenter = segmenters["static"]
+    image = random_image(64, 64, seed=9)
+    raw = segmenter.run(segmenter.prepare([image]))
+    assert raw.shape == (1, 4, 64, 64) and raw.dtype == np.float32
+    at_network, doubled = segmenter.finish(raw, [(64, 64)])[0], segmenter.finish(raw, [(128, 128)])[0]
+    np.testing.assert_array_equal(doubled, np.repeat(np.repeat(at_network, 2, axis=0), 2, axis=1))
+
+
+def test_argmax_keeps_the_lowest_class_on_ties(segmenters):
+    logits = np.zeros((1, 4, 2, 2), dtype=np.float32)
+    logits[0, 2, 0, 0] = 1.0
+    logits[0, 1, 1, 1] = logits[0, 3, 1, 1] = 5.0
+    np.testing.assert_array_equal(segmenters["static"].class_ids(logits)[0], [[2, 0], [0, 1]])
+
+
+def test_dynamic_model_input_size(tiny_onnx):
+    with Segmenter.load(tiny_onnx.dynamic, size="32x48") as sized:
+        assert sized.input_size == (32, 48)
+        assert sized.prepare([random_image(100, 100)]).shape == (1, 3, 32, 48)
+        assert sized.segment(random_image(100, 100)).shape == (100, 100)
+    with Segmenter.load(tiny_onnx.fused_dynamic) as unsized:
+        assert unsized.input_size is None
+        # 100x150 rounds to multiples of 32: 96x160.
+        assert unsized.prepare([random_image(100, 150)]).shape == (1, 96, 160, 3)
+
+
+def test_static_model_refuses_another_size(tiny_onnx):
+    with pytest.raises(ModelFormatError, match="fixed 64x64"):
+        Segmenter.load(tiny_onnx.static, size=(32, 32))
+    with Segmenter.load(tiny_onnx.static, size=(64, 64)) as same:
+        assert same.input_size == (64, 64)
+
+
+def test_overlay_blends_palette_colours(segmenters):
+    segmenter = segmenters["static"]
+    image = quadrant_image()
+    class_map = segmenter.segment(image)
+    np.testing.assert_array_equal(segmenter.overlay(image, class_map, alpha=0.0), image)
+    full = segmenter.overlay(image, class_map, alpha=1.0)
+    assert full.dtype == np.uint8 and full.shape == image.shape
+    for (row, col), class_id in (((5, 5), 0), ((5, 60), 1), ((60, 5), 2), ((60, 60), 3)):
+        assert tuple(full[row, col]) == TINY_PALETTE[class_id]
+    with_legend = segmenter.overlay(image, class_map, alpha=1.0, legend=True)
+    assert not np.array_equal(with_legend, full)
+
+
+# --- input and model errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [np.zeros((64, 64, 4), np.uint8), np.zeros((64, 64), np.uint8),
+                                 np.zeros((64, 64, 3), np.float32), [[0, 0, 0]]])
+def test_bad_images_are_data_errors(segmenters, bad):
+    with pytest.raises(DataError):
+        segmenters["static"].segment(bad)
+
+
+def test_model_without_metadata(tiny_onnx):
+    with pytest.raises(MetadataError, match="edgeseg export") as caught:
+        Segmenter.load(tiny_onnx.no_metadata)
+    assert str(tiny_onnx.no_metadata) in str(caught.value)
+
+
+def test_unknown_missing_and_corrupt_model_files(tmp_path):
+    text = tmp_path / "model.txt"
+    text.write_text("not a model")
+    with pytest.raises(ModelFormatError, match="unknown model type '.txt'"):
+        Segmenter.load(text)
+    with pytest.raises(ModelFormatError, match="not found"):
+        Segmenter.load(tmp_path / "absent.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x00garbage" * 32)
+    with pytest.raises(ModelFormatError, match="corrupt.onnx"):
+        Segmenter.load(corrupt)
+
+
+def test_checkpoint_without_training_stage(tmp_path, monkeypatch):
+    monkeypatch.delitem(backend_registry._FACTORIES, ".pt", raising=False)
+    checkpoint = tmp_path / "student.pt"
+    checkpoint.write_bytes(b"0")
+    with pytest.raises(BackendUnavailable, match=r"edgeseg\[train\]"):
+        Segmenter.load(checkpoint)
+
+
+def test_backend_must_fit_the_model_kind(tiny_onnx):
+    with pytest.raises(ModelFormatError, match="tensorrt"):
+        Segmenter.load(tiny_onnx.static, backend="tensorrt")
+    with pytest.raises(BackendUnavailable, match="unknown backend"):
+        Segmenter.load(tiny_onnx.static, backend="openvino")
+    with pytest.raises(BackendUnavailable, match="unknown device"):
+        Segmenter.load(tiny_onnx.static, device="npu")
+
+
+def test_registered_backend_opens_its_suffix(tiny_onnx, tmp_path, monkeypatch):
+    seen = []
+
+    def factory(path, device):
+        seen.append((path, device))
+        return onnx_runtime.OnnxRuntimeBackend(str(tiny_onnx.static), device="cpu")
+
+    monkeypatch.setattr(backend_registry, "_FACTORIES", dict(backend_registry._FACTORIES))
+    backend_registry.register_backend(".mine", factory)
+    model = tmp_path / "student.mine"
+    model.write_bytes(b"any bytes: the factory decides")
+    with Segmenter.load(model, device="cpu") as segmenter:
+        np.testing.assert_array_equal(segmenter.segment(quadrant_image()), quadrant_ids())
+    assert seen == [(str(model), "cpu")]
+    with pytest.raises(ValueError, match="suffix"):
+        backend_registry.register_backend("mine", factory)
+
+
+# --- ONNX Runtime providers -----------------------------------------------------------------------------------
+
+
+def test_cpu_session_reports_its_provider(segmenters):
+    segmenter = segmenters["static"]
+    assert segmenter.backend.name == "onnxruntime"
+    assert segmenter.providers == ["CPUExecutionProvider"] and segmenter.backend.device == "cpu"
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in onnxruntime.get_available_providers(),
+                    reason="this onnxruntime has CUDA, so asking for it is not an error")
+def test_cuda_device_without_gpu_build(tiny_onnx):
+    with pytest.raises(BackendUnavailable, match="onnxruntime-gpu"):
+        Segmenter.load(tiny_onnx.static, device="cuda")
+
+
+class _CudaClaimingSession:
+    """A real CPU session that claims CUDA when ``claim_cuda``, so the GPU code path runs on the CPU.
+
+    Its IO binding is the real one with device "cuda" rewritten to "cpu": the calls and their arguments are the
+    ones onnxruntime-gpu receives.
+    """
+
+    bindings: list = []
+
+    def __init__(self, path, sess_options=None, providers=None, claim_cuda=True):
+        self._session = REAL_INFERENCE_SESSION(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+        self.claim_cuda = claim_cuda
+
+    def get_providers(self):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.claim_cuda else ["CPUExecutionProvider"]
+
+    def io_binding(self):
+        session = self._session
+
+        class Binding:
+            def __init__(self):
+                self.real = session.io_binding()
+                self.calls = []
+                _CudaClaimingSession.bindings.append(self)
+
+            def bind_cpu_input(self, name, array):
+                self.calls.append(("input", name, array.dtype))
+                self.real.bind_cpu_input(name, array)
+
+            def bind_output(self, name, device_type, device_id):
+                self.calls.append(("output", name, device_type, device_id))
+                self.real.bind_output(name, "cpu" if device_type == "cuda" else device_type, device_id)
+
+            def copy_outputs_to_cpu(self):
+                return self.real.copy_outputs_to_cpu()
+
+        return Binding()
+
+    def run_with_iobinding(self, binding):
+        self._session.run_with_iobinding(binding.real)
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+@pytest.fixture
+def fake_cuda_ort(monkeypatch):
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "preload_dlls", lambda **kwargs: None, raising=False)
+    _CudaClaimingSession.bindings = []
+    return monkeypatch
+
+
+def test_gpu_session_uses_io_binding(tiny_onnx, fake_cuda_ort):
+    fake_cuda_ort.setattr(onnxruntime, "InferenceSession", _CudaClaimingSession)
+    with Segmenter.load(tiny_onnx.fused, device="cuda:0") as segmenter:
+        assert segmenter.backend.device == "cuda:0"
+        image = random_image(64, 64, seed=11)
+        np.testing.assert_array_equal(segmenter.segment(image), tiny_onnx.expected(image))
+    (binding,) = _CudaClaimingSession.bindings
+    assert binding.calls == [("input", "images", np.uint8), ("output", "class_ids", "cuda", 0)]
+
+
+def test_silent_cpu_fallback_fails_when_asked_and_warns_on_auto(tiny_onnx, fake_cuda_ort):
+    def falling_back(path, sess_options=None, providers=None):
+        return _CudaClaimingSession(path, sess_options, providers, claim_cuda=False)
+
+    fake_cuda_ort.setattr(onnxruntime, "InferenceSession", falling_back)
+    with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider"):
+        Segmenter.load(tiny_onnx.static, device="cuda")
+    with pytest.warns(RuntimeWarning, match="session runs on CPUExecutionProvider"):
+        segmenter = Segmenter.load(tiny_onnx.static, device="auto")
+    with segmenter:
+        assert segmenter.providers == ["CPUExecutionProvider"] and segmenter.backend.device == "cpu"
+        np.testing.assert_array_equal(segmenter.segment(quadrant_image()), quadrant_ids())
+
+
+def test_provider_request_orders_gpu_providers_first():
+    available = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    names = [p if isinstance(p, str) else p[0] for p in onnx_runtime.provider_request("auto", available)]
+    assert names == available
+    cuda = onnx_runtime.provider_request("cuda:1", available)
+    assert cuda[0] == ("CUDAExecutionProvider", {"device_id": 1}) and cuda[-1] == "CPUExecutionProvider"
+    assert onnx_runtime.provider_request("cpu", available) == ["CPUExecutionProvider"]
+
+
+def test_thread_count_override(monkeypatch):
+    monkeypatch.setenv(onnx_runtime.THREADS_ENV, "1")
+    assert onnx_runtime.default_threads() == 1
+    monkeypatch.setenv(onnx_runtime.THREADS_ENV, "many")
+    with pytest.raises(BackendUnavailable, match=onnx_runtime.THREADS_ENV):
+        onnx_runtime.default_threads()
+
+
+# --- TensorRT, without TensorRT -------------------------------------------------------------------------------
+
+
+def write_engine(tmp_path, sidecar_name="tiny.engine.json", **overrides):
+    engine = tmp_path / "tiny.engine"
+    engine.write_bytes(b"serialized plan")
+    sidecar = {**tiny_metadata("tiny-engine", (None, None), fused=False, batch=None),
+               "tensorrt_version": "10.3.0.26", "gpu": "NVIDIA Orin", **overrides}
+    (tmp_path / sidecar_name).write_text(json.dumps({k: v for k, v in sidecar.items() if v is not None}))
+    return engine
+
+
+@pytest.mark.parametrize("sidecar_name", ["tiny.engine.json", "tiny.json"])
+def test_sidecar_is_read_from_either_name(tmp_path, sidecar_name):
+    meta, version, gpu = read_sidecar(write_engine(tmp_path, sidecar_name))
+    assert isinstance(meta, ModelMeta) and meta.classes == list(TINY_CLASSES)
+    assert (version, gpu) == ("10.3.0.26", "NVIDIA Orin")
+    assert "tensorrt_version" not in meta.extra
+
+
+def test_sidecar_errors(tmp_path):
+    engine = tmp_path / "lonely.plan"
+    engine.write_bytes(b"x")
+    with pytest.raises(MetadataError, match="lonely.plan.json"):
+        read_sidecar(engine)
+    (tmp_path / "lonely.plan.json").write_text("{not json")
+    with pytest.raises(MetadataError, match="unreadable"):
+        read_sidecar(engine)
+    with pytest.raises(MetadataError, match="tensorrt_version"):
+        read_sidecar(write_engine(tmp_path, tensorrt_version=None))
+    with pytest.raises(MetadataError, match="classes"):
+        read_sidecar(write_engine(tmp_path, classes=None))
+
+
+def test_engine_compatibility_check():
+    check_engine_compatibility("m.engine", "10.3.0.26", "NVIDIA Orin", "10.3.0", "Orin")
+    with pytest.raises(ModelFormatError, match=r"TensorRT 10\.3\.0\.26 built it, this machine has 11\.4\.0"):
+        check_engine_compatibility("m.engine", "10.3.0.26", "Orin", "11.4.0", "Orin")
+    with pytest.raises(ModelFormatError, match="RTX 4090"):
+        check_engine_compatibility("m.engine", "10.3.0", "NVIDIA GeForce RTX 4090", "10.3.0", "NVIDIA H100 PCIe")
+
+
+def test_tensorrt_dtype_mapping():
+    member = types.SimpleNamespace
+    assert numpy_dtype(member(name="FLOAT")) == np.float32
+    assert numpy_dtype(member(name="HALF")) == np.float16
+    assert numpy_dtype(member(name="UINT8")) == np.uint8
+    assert numpy_dtype("DataType.INT64") == np.int64
+    with pytest.raises(ModelFormatError, match="BF16"):
+        numpy_dtype(member(name="BF16"))
+
+
+class FakeCuda:
+    """Device memory as numpy arrays keyed by fake pointers; counts allocations to check buffer reuse."""
+
+    def __init__(self, device_name="Orin"):
+        self.memory, self.pinned, self.next_pointer = {}, {}, 4096
+        self.allocations, self.freed, self.synchronized = 0, 0, 0
+        self.name = device_name
+
+    def set_device(self, index):
+        self.index = index
+
+    def device_name(self, index):
+        return self.name
+
+    def stream(self):
+        return 7
+
+    def destroy_stream(self, stream):
+        self.stream_destroyed = True
+
+    def synchronize(self, stream):
+        self.synchronized += 1
+
+    def malloc(self, nbytes):
+        self.next_pointer += 4096
+        self.memory[self.next_pointer] = np.zeros(nbytes, np.uint8)
+        self.allocations += 1
+        return self.next_pointer
+
+    def free(self, pointer):
+        del self.memory[pointer]
+        self.freed += 1
+
+    def pinned_array(self, shape, dtype):
+        self.next_pointer += 4096
+        return self.next_pointer, np.zeros(shape, dtype)
+
+    def free_pinned(self, pointer):
+        pass
+
+    def copy_to_device(self, pointer, host, stream):
+        self.memory[pointer][:] = host.view(np.uint8).reshape(-1)
+
+    def copy_to_host(self, host, pointer, stream):
+        host.view(np.uint8).reshape(-1)[:] = self.memory[pointer]
+
+
+class FakeEngine:
+    """A tiny-model 'engine' with a dynamic NCHW float input, logits output and an auxiliary output."""
+
+    def __init__(self, cuda, input_shape=(-1, 3, -1, -1), max_batch=8):
+        self.cuda, self.max_batch = cuda, max_batch
+        self.io = [("images", "INPUT", "FLOAT", input_shape), ("logits", "OUTPUT", "FLOAT", (-1, 4, -1, -1)),
+                   ("aux", "OUTPUT", "FLOAT", (-1, 4, -1, -1))]
+        self.num_io_tensors = len(self.io)
+
+    def _row(self, name):
+        return next(row for row in self.io if row[0] == name)
+
+    def get_tensor_name(self, index):
+        return self.io[index][0]
+
+    def get_tensor_mode(self, name):
+        return self._row(name)[1]
+
+    def get_tensor_dtype(self, name):
+        return types.SimpleNamespace(name=self._row(name)[2])
+
+    def get_tensor_shape(self, name):
+        return self._row(name)[3]
+
+    def get_tensor_profile_shape(self, name, profile):
+        return (1, 3, 16, 16), (1, 3, 64, 64), (self.max_batch, 3, 512, 512)
+
+    def create_execution_context(self):
+        return FakeContext(self)
+
+
+class FakeContext:
+    def __init__(self, engine):
+        self.engine, self.addresses, self.input_shape = engine, {}, None
+
+    def set_input_shape(self, name, shape):
+        self.input_shape = shape
+        return shape[0] <= self.engine.max_batch
+
+    def get_tensor_shape(self, name):
+        n, _, h, w = self.input_shape
+        return (n, 4, h, w)
+
+    def set_tensor_address(self, name, pointer):
+        self.addresses[name] = pointer
+
+    def execute_async_v3(self, stream):
+        memory = self.engine.cuda.memory
+        images = memory[self.addresses["images"]].view(np.float32).reshape(self.input_shape)
+        logits = np.einsum("kc,nchw->nkhw", TINY_WEIGHT, images) + TINY_BIAS[None, :, None, None]
+        memory[self.addresses["logits"]][:] = logits.astype(np.float32).view(np.uint8).reshape(-1)
+        return True
+
+
+FAKE_TRT = types.SimpleNamespace(TensorIOMode=types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT"))
+
+
+def test_engine_runner_allocates_per_shape_and_returns_the_output():
+    cuda = FakeCuda()
+    runner = EngineRunner(FakeEngine(cuda), FAKE_TRT, cuda, "images", "logits")
+    assert runner.max_batch == 8 and runner.output.name == "logits"
+    batch = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    first = runner.run(batch)
+    expected = np.einsum("kc,nchw->nkhw", TINY_WEIGHT, batch) + TINY_BIAS[None, :, None, None]
+    np.testing.assert_allclose(first, expected, rtol=1e-6)
+    assert cuda.allocations == 3 and cuda.synchronized == 1
+    runner.run(batch)
+    assert cuda.allocations == 3, "same shape must reuse the buffers"
+    assert runner.run(batch[:1, :, :4, :4]).shape == (1, 4, 4, 4)
+    assert cuda.allocations == 6 and cuda.freed == 3
+    with pytest.raises(ModelFormatError, match="float32"):
+        runner.run(batch.astype(np.float16))
+    with pytest.raises(ModelFormatError, match="optimization profile"):
+        runner.run(np.zeros((9, 3, 8, 8), np.float32))
+    runner.close()
+    assert cuda.memory == {} and cuda.stream_destroyed
+
+
+def test_engine_runner_checks_static_dimensions():
+    cuda = FakeCuda()
+    runner = EngineRunner(FakeEngine(cuda, input_shape=(1, 3, 64, 64)), FAKE_TRT, cuda, "images", "logits")
+    assert runner.max_batch == 1
+    with pytest.raises(ModelFormatError, match="1x3x64x64"):
+        runner.run(np.zeros((1, 3, 32, 32), np.float32))
+
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch):
+    """TensorRT and CUDA stand-ins, so the whole backend runs through Segmenter without a GPU."""
+    cuda = FakeCuda()
+    module = types.ModuleType("tensorrt")
+    module.__version__ = "10.3.0"
+    module.TensorIOMode = FAKE_TRT.TensorIOMode
+    module.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    module.init_libnvinfer_plugins = lambda logger, namespace: True
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return FakeEngine(cuda) if data == b"serialized plan" else None
+
+    module.Runtime = Runtime
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    monkeypatch.setattr(tensorrt_engine, "CudaRuntime", lambda: cuda)
+    return cuda
+
+
+def test_tensorrt_backend_through_segmenter_with_stand_ins(tmp_path, tiny_onnx, fake_tensorrt):
+    with Segmenter.load(write_engine(tmp_path), device="cuda:0", size=(32, 32)) as segmenter:
+        assert segmenter.backend.name == "tensorrt" and segmenter.backend.device == "cuda:0"
+        assert segmenter.backend.max_batch == 8
+        image = random_image(32, 32, seed=4)
+        np.testing.assert_array_equal(segmenter.segment(image), tiny_onnx.expected(image))
+
+
+def test_tensorrt_backend_refuses_engine_from_another_gpu(tmp_path, fake_tensorrt):
+    fake_tensorrt.name = "NVIDIA GeForce RTX 3060"
+    with pytest.raises(ModelFormatError, match="rebuild it on this machine"):
+        Segmenter.load(write_engine(tmp_path))
+
+
+def test_tensorrt_missing_is_backend_unavailable(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(BackendUnavailable, match=r"edgeseg\[gpu\]"):
+        Segmenter.load(write_engine(tmp_path))
+    with pytest.raises(BackendUnavailable, match="only on an NVIDIA GPU"):
+        Segmenter.load(write_engine(tmp_path), device="cpu")
+
+
+# --- Triton, without a server ---------------------------------------------------------------------------------
+
+
+def test_triton_uri_parsing():
+    address = parse_triton_uri("triton://gpu-box:8001/bisenet/3")
+    assert (address.host, address.port, address.model, address.version, address.protocol) == \
+        ("gpu-box", 8001, "bisenet", "3", "grpc")
+    assert parse_triton_uri("triton://localhost:8000/m").protocol == "http"
+    assert parse_triton_uri("triton://localhost/m").port == 8001
+    http = parse_triton_uri("triton://localhost/m?protocol=http")
+    assert (http.port, http.protocol) == (8000, "http")
+    for bad in ("triton://localhost:8001", "triton://:8001/m", "triton://h:port/m", "triton://h/m?protocol=smtp"):
+        with pytest.raises(ModelFormatError):
+            parse_triton_uri(bad)
+
+
+def test_triton_client_missing_is_backend_unavailable(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tritonclient", None)
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)
+    with pytest.raises(BackendUnavailable, match=r"edgeseg\[triton\]"):
+        Segmenter.load("triton://localhost:8001/model")
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_unreachable_triton_server_fails_fast_and_clearly(protocol):
+    pytest.importorskip(f"tritonclient.{protocol}", reason="needs the Triton client (edgeseg[triton])")
+    uri = f"triton://127.0.0.1:{_closed_port()}/model?protocol={protocol}"
+    started = time.perf_counter()
+    with pytest.raises(BackendUnavailable, match="cannot reach a Triton server"):
+        Segmenter.load(uri)
+    assert time.perf_counter() - started < 10
