@@ -1,0 +1,418 @@
+"""PyTorch -> ONNX: the deployable graph (optionally with pre/post-processing fused in) plus its edgeseg metadata.
+
+Exporter choice: ``torch.onnx.export(..., dynamo=False)``, the TorchScript-based tracer. Since torch 2.9 the
+default is the ``torch.export``-based exporter, whose ``dynamic_axes`` support is still incomplete and which has
+broken CNN exports in other projects; for the plain convolutional networks of this zoo the tracer is the mature path
+and gives the same graph on every torch release we support. The choice is recorded in the metadata (``exporter``).
+
+Opset 17 (:data:`DEFAULT_OPSET`) is the newest opset that ONNX Runtime, OpenCV DNN and TensorRT 10.3 (JetPack 6)
+all read, and it has everything the zoo needs (per-channel QuantizeLinear since 13, Resize-13 semantics).
+
+The exported graph is simplified with onnxslim (constant folding, shape-op cleanup), checked with
+``onnx.checker`` and written atomically: a failed export never leaves a half-written ``.onnx`` behind, and an
+existing file is replaced only when the new one is complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from edgeseg import __version__
+from edgeseg.runtime.errors import ConfigError, MetadataError, ModelFormatError
+from edgeseg.runtime.io import atomic_path
+from edgeseg.runtime.metadata import METADATA_KEY, PRECISIONS, ModelMeta
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear and Resize-13
+EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript tracer)"
+
+INPUT_NAME = "images"
+LOGITS_NAME = "logits"
+CLASSES_NAME = "classes"
+
+DYNAMIC_CHOICES = ("batch", "hw", "all")
+FUSE_CHOICES = ("none", "pre", "post", "all")
+CLASS_DTYPES = {"uint8": torch.uint8, "int32": torch.int32}
+
+_ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+
+def parse_hw(text: str, option: str = "--size") -> tuple[int, int]:
+    """``"360x480"`` -> ``(360, 480)``; anything else is a ConfigError that shows the expected form."""
+    parts = str(text).lower().split("x")
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        values = []
+    if len(values) != 2 or min(values) < 1:
+        raise ConfigError(f"{option} must be two positive integers HEIGHTxWIDTH such as 360x480, got {text!r}")
+    return values[0], values[1]
+
+
+@dataclass
+class OnnxOptions:
+    """What graph to export. Mirrors the graph options of ``edgeseg export``.
+
+    Attributes:
+        size: ``(height, width)`` traced, and fixed unless height/width are dynamic.
+        batch: Fixed batch size (ignored when the batch is dynamic).
+        dynamic: None, ``"batch"``, ``"hw"`` or ``"all"``.
+        fuse: ``"none"``, ``"pre"`` (uint8 NHWC in, normalisation in the graph), ``"post"`` (argmax in the graph,
+            class ids out) or ``"all"``.
+        class_dtype: Dtype of fused class ids. uint8 is the default because the class map is what crosses from
+            device to host every frame, and uint8 is 4x less traffic than int32 (255 classes at most, the runtime's
+            limit anyway); int32 is what TensorRT's ArgMax yields natively, for consumers that want it uncast.
+        calib_method: INT8 activation-range estimator (see :mod:`.precision`).
+        channel_rescale: Fold per-channel std into the graph so that consumers with one scale for all channels
+            (DeepStream's ``net-scale-factor``) normalise exactly; the metadata then states the shared std.
+    """
+
+    size: tuple[int, int]
+    batch: int = 1
+    dynamic: str | None = None
+    opset: int = DEFAULT_OPSET
+    precision: str = "fp32"
+    fuse: str = "none"
+    class_dtype: str = "uint8"
+    channel_rescale: bool = False
+    calib_method: str = "minmax"
+
+    def __post_init__(self) -> None:
+        if self.dynamic not in (None, *DYNAMIC_CHOICES):
+            raise ConfigError(f"--dynamic must be one of {', '.join(DYNAMIC_CHOICES)}, got {self.dynamic!r}")
+        if self.fuse not in FUSE_CHOICES:
+            raise ConfigError(f"--fuse must be one of {', '.join(FUSE_CHOICES)}, got {self.fuse!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.class_dtype not in CLASS_DTYPES:
+            raise ConfigError(f"--class-dtype must be one of {', '.join(CLASS_DTYPES)}, got {self.class_dtype!r}")
+        if not MIN_OPSET <= self.opset <= onnx.defs.onnx_opset_version():
+            raise ConfigError(f"--opset must lie in {MIN_OPSET}..{onnx.defs.onnx_opset_version()} (the installed "
+                              f"onnx package's newest), got {self.opset}; {DEFAULT_OPSET} suits every runtime")
+        if self.batch < 1:
+            raise ConfigError(f"--batch must be a positive integer, got {self.batch}")
+        self.size = parse_hw(f"{self.size[0]}x{self.size[1]}")
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return self.dynamic in ("batch", "all")
+
+    @property
+    def dynamic_hw(self) -> bool:
+        return self.dynamic in ("hw", "all")
+
+    @property
+    def fuse_pre(self) -> bool:
+        return self.fuse in ("pre", "all")
+
+    @property
+    def fuse_post(self) -> bool:
+        return self.fuse in ("post", "all")
+
+
+class DeployModel(nn.Module):
+    """The network as deployed: optional in-graph normalisation before it and argmax after it.
+
+    Args:
+        model: A segmentation network mapping normalised NCHW float images to NCHW logits at input size.
+        mean: Per-channel mean of RGB scaled to [0, 1] (the checkpoint's normalisation).
+        std: Per-channel std, likewise.
+        fuse_pre: Take uint8 NHWC RGB and cast, normalise and transpose inside the graph, so the host only
+            resizes (and a GPU consumer can upload 1 byte per channel instead of 4).
+        fuse_post: Return argmax class ids ``(N, H, W)`` in ``class_dtype`` instead of float logits.
+        class_dtype: torch dtype of the fused class ids.
+        shared_std: With a value, the graph expects input normalised with this one std for all channels and
+            multiplies each channel by ``shared_std / std[c]`` first, which restores exact per-channel
+            normalisation (and folds into the first convolution in TensorRT).
+    """
+
+    def __init__(self, model: nn.Module, mean, std, fuse_pre: bool = False, fuse_post: bool = False,
+                 class_dtype: torch.dtype = torch.uint8, shared_std: float | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.fuse_pre = fuse_pre
+        self.fuse_post = fuse_post
+        self.class_dtype = class_dtype
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        if shared_std is not None:
+            std_t = torch.full_like(std_t, float(shared_std))
+        self.register_buffer("pixel_shift", mean_t * 255.0, persistent=False)
+        self.register_buffer("pixel_scale", 1.0 / (std_t * 255.0), persistent=False)
+        rescale = None if shared_std is None else float(shared_std) / torch.tensor(std, dtype=torch.float32)
+        self.register_buffer("channel_rescale", None if rescale is None else rescale.view(1, 3, 1, 1),
+                             persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images
+        if self.fuse_pre:
+            x = (x.permute(0, 3, 1, 2).float() - self.pixel_shift) * self.pixel_scale
+        if self.channel_rescale is not None:
+            x = x * self.channel_rescale
+        logits = self.model(x)
+        if self.fuse_post:
+            return logits.argmax(dim=1).to(self.class_dtype)
+        return logits
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, numpy dtype name and shape (None for a dynamic axis) of one graph input or output."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+    is_input: bool
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
+                "mode": "input" if self.is_input else "output"}
+
+
+def graph_io(model: onnx.ModelProto) -> list[TensorSpec]:
+    """The real inputs and outputs of a graph, read from the proto (initializers listed as inputs are skipped)."""
+    initializers = {init.name for init in model.graph.initializer}
+
+    def spec(value: onnx.ValueInfoProto, is_input: bool) -> TensorSpec:
+        tensor_type = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                     for d in tensor_type.shape.dim)
+        return TensorSpec(value.name, _ONNX_DTYPES.get(tensor_type.elem_type, str(tensor_type.elem_type)), dims,
+                          is_input)
+
+    return ([spec(v, True) for v in model.graph.input if v.name not in initializers]
+            + [spec(v, False) for v in model.graph.output])
+
+
+def build_meta(card: dict, options: OnnxOptions, checkpoint_name: str) -> ModelMeta:
+    """The ModelMeta of a graph exported with ``options`` from the checkpoint ``card``."""
+    from edgeseg.training.checkpoint import card_to_meta
+
+    std = list(card["normalization"]["std"])
+    extra = {
+        "edgeseg_version": __version__,
+        "export_date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "opset": options.opset,
+        "exporter": EXPORTER,
+        "torch_version": torch.__version__,
+        "source_checkpoint": checkpoint_name,
+        "trained_input_size": list(card["input_size"]),
+    }
+    if options.fuse_post:
+        extra["class_dtype"] = options.class_dtype
+    if options.channel_rescale:
+        extra["per_channel_std"] = std
+        std = [float(np.mean(std))] * 3
+    return card_to_meta(
+        card,
+        std=std,
+        input_size=[None, None] if options.dynamic_hw else list(options.size),
+        batch=None if options.dynamic_batch else options.batch,
+        input_name=INPUT_NAME,
+        output_name=CLASSES_NAME if options.fuse_post else LOGITS_NAME,
+        input_layout="NHWC" if options.fuse_pre else "NCHW",
+        input_dtype="uint8" if options.fuse_pre else "float32",
+        output_dtype=options.class_dtype if options.fuse_post else "float32",
+        fused_pre=options.fuse_pre,
+        fused_post=options.fuse_post,
+        precision=options.precision,
+        extra=extra,
+    )
+
+
+def deploy_module(model: nn.Module, card: dict, options: OnnxOptions) -> DeployModel:
+    norm = card["normalization"]
+    shared_std = float(np.mean(norm["std"])) if options.channel_rescale else None
+    return DeployModel(model, norm["mean"], norm["std"], fuse_pre=options.fuse_pre, fuse_post=options.fuse_post,
+                       class_dtype=CLASS_DTYPES[options.class_dtype], shared_std=shared_std).eval()
+
+
+def sample_input(options: OnnxOptions) -> torch.Tensor:
+    """A random input of the export shape: uint8 NHWC with fused pre-processing, else normalised-range float."""
+    height, width = options.size
+    generator = torch.Generator().manual_seed(0)
+    if options.fuse_pre:
+        return torch.randint(0, 256, (options.batch, height, width, 3), dtype=torch.uint8, generator=generator)
+    return torch.randn(options.batch, 3, height, width, generator=generator)
+
+
+def probe_size(module: DeployModel, sample: torch.Tensor, model_name: str) -> torch.Tensor:
+    """Run the network once at the export size, turning its failure into a clear error before tracing starts."""
+    try:
+        with torch.no_grad():
+            output = module(sample)
+    except (RuntimeError, ValueError, IndexError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        size = "x".join(str(v) for v in sample.shape)
+        raise ConfigError(f"{model_name} cannot run on an input of shape {size}: {first_line}; choose another "
+                          f"--size (most networks need multiples of 32)") from err
+    if not isinstance(output, torch.Tensor):
+        raise ModelFormatError(f"{model_name} returns {type(output).__name__}, not a logits tensor; only networks "
+                               "whose forward returns NCHW logits can be exported")
+    return output
+
+
+def dynamic_axes(options: OnnxOptions) -> dict[str, dict[int, str]] | None:
+    if options.dynamic is None:
+        return None
+    input_axes: dict[int, str] = {}
+    output_axes: dict[int, str] = {}
+    if options.dynamic_batch:
+        input_axes[0] = output_axes[0] = "batch"
+    if options.dynamic_hw:
+        h_axis, w_axis = (1, 2) if options.fuse_pre else (2, 3)
+        input_axes.update({h_axis: "height", w_axis: "width"})
+        out_h, out_w = (1, 2) if options.fuse_post else (2, 3)
+        output_axes.update({out_h: "height", out_w: "width"})
+    output_name = CLASSES_NAME if options.fuse_post else LOGITS_NAME
+    return {INPUT_NAME: input_axes, output_name: output_axes}
+
+
+def trace_to_onnx(module: DeployModel, sample: torch.Tensor, options: OnnxOptions) -> onnx.ModelProto:
+    """Trace ``module`` to an FP32 ONNX graph and simplify it (see the module docstring for the exporter choice)."""
+    import onnxslim
+
+    buffer = io.BytesIO()
+    output_name = CLASSES_NAME if options.fuse_post else LOGITS_NAME
+    with warnings.catch_warnings():
+        # The tracer is deprecated in favour of dynamo; we choose it on purpose, so its warning is noise here.
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(module, (sample,), buffer, dynamo=False, opset_version=options.opset,
+                          input_names=[INPUT_NAME], output_names=[output_name],
+                          dynamic_axes=dynamic_axes(options), do_constant_folding=True)
+    model = onnx.load_from_string(buffer.getvalue())
+    slimmed = onnxslim.slim(model)
+    return slimmed if isinstance(slimmed, onnx.ModelProto) else model
+
+
+def declare_io_shapes(model: onnx.ModelProto, options: OnnxOptions, num_classes: int) -> None:
+    """Write the exact input/output shapes into the graph, with named dynamic axes.
+
+    Shape inference through a traced graph with dynamic axes often loses static dims (the class axis of the logits
+    comes out unknown); Triton configs, TensorRT profiles and the metadata are read from these declarations, so
+    they are stated from what the export knows rather than left to inference.
+    """
+    batch: int | str = "batch" if options.dynamic_batch else options.batch
+    height, width = ("height", "width") if options.dynamic_hw else options.size
+    input_dims = [batch, height, width, 3] if options.fuse_pre else [batch, 3, height, width]
+    output_dims = [batch, height, width] if options.fuse_post else [batch, num_classes, height, width]
+    for value, dims in ((model.graph.input[0], input_dims), (model.graph.output[0], output_dims)):
+        shape = value.type.tensor_type.shape
+        del shape.dim[:]
+        for dim in dims:
+            entry = shape.dim.add()
+            if isinstance(dim, str):
+                entry.dim_param = dim
+            else:
+                entry.dim_value = int(dim)
+
+
+def set_metadata(model: onnx.ModelProto, meta: ModelMeta) -> None:
+    """Store the model card under :data:`METADATA_KEY` (replacing an earlier entry) and stamp the producer."""
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    for key, value in [*kept, (METADATA_KEY, meta.to_json())]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name = "edgeseg"
+    model.producer_version = __version__
+
+
+def read_metadata(path: str | Path) -> ModelMeta:
+    """The ModelMeta stored in an ``.onnx`` file (no onnxruntime needed)."""
+    model = load_onnx(path, load_weights=False)
+    entries = {p.key: p.value for p in model.metadata_props}
+    if METADATA_KEY not in entries:
+        raise MetadataError(f"{path} carries no '{METADATA_KEY}' metadata entry; export it with 'edgeseg export'")
+    return ModelMeta.from_json(entries[METADATA_KEY], source=str(path))
+
+
+def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFormatError(f"ONNX file {path} does not exist")
+    try:
+        return onnx.load(str(path), load_external_data=load_weights)
+    except Exception as err:  # onnx raises DecodeError, ValueError or OSError depending on the damage
+        raise ModelFormatError(f"{path} is not a readable ONNX model: {err}") from err
+
+
+def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
+    """Check the graph, then write it atomically (the target appears complete or not at all)."""
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        raise ModelFormatError(f"the exported graph fails onnx.checker: {err}") from err
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return Path(path)
+
+
+@dataclass
+class OnnxExport:
+    """What :func:`export_onnx` produced: the written file, its metadata and its real inputs/outputs."""
+
+    path: Path
+    meta: ModelMeta
+    io: list[TensorSpec]
+    notes: list[str] = field(default_factory=list)
+
+
+def export_onnx(model: nn.Module, card: dict, options: OnnxOptions, path: str | Path, checkpoint_name: str,
+                calibration: Callable[[ModelMeta], object] | None = None) -> OnnxExport:
+    """Export a network to ``path`` at the requested precision, with its metadata.
+
+    Args:
+        model: The network, in eval mode, with the checkpoint's weights.
+        card: The checkpoint card (classes, normalisation, input size).
+        options: Graph options.
+        path: Target ``.onnx`` file.
+        checkpoint_name: Recorded in the metadata so a deployed file names its origin.
+        calibration: For INT8, a callable that returns a CalibrationDataReader for the graph described by the
+            ModelMeta it is given (so the reader prepares inputs exactly as that graph expects).
+
+    Raises:
+        ConfigError: the model cannot take the size, or INT8 without calibration data.
+        ModelFormatError: the graph fails the checker.
+    """
+    from . import precision as precision_mod
+
+    meta = build_meta(card, options, checkpoint_name)
+    module = deploy_module(model, card, options)
+    sample = sample_input(options)
+    probe_size(module, sample, meta.model)
+    graph = trace_to_onnx(module, sample, options)
+    declare_io_shapes(graph, options, meta.num_classes)
+    notes: list[str] = []
+    if options.precision == "fp16":
+        graph = precision_mod.convert_to_fp16(graph)
+        notes.append("FP16 graph with FP32 inputs/outputs; " + ", ".join(precision_mod.FP16_KEEP_FLOAT)
+                     + " kept in FP32")
+    elif options.precision == "int8":
+        if calibration is None:
+            raise ConfigError("--precision int8 needs calibration images: add --calib DATASET[:ROOT] "
+                              "(e.g. --calib camvid for the embedded sample)")
+        with tempfile.TemporaryDirectory(prefix="edgeseg-int8-") as workdir:
+            graph, excluded = precision_mod.quantize_int8(graph, calibration(meta), Path(workdir),
+                                                          calib_method=options.calib_method)
+        notes.append(f"INT8 Q/DQ (S8S8, symmetric, per-channel weights); kept in float: {', '.join(excluded)}")
+        meta.extra["int8_float_nodes"] = excluded
+    set_metadata(graph, meta)
+    save_onnx(graph, path)
+    return OnnxExport(Path(path), meta, graph_io(graph), notes)

@@ -1,0 +1,182 @@
+"""A Triton Inference Server model repository for an edgeseg ONNX export or TensorRT engine.
+
+The input/output names, data types and dims in ``config.pbtxt`` are read from the real graph (or, for an engine,
+from the I/O list its sidecar recorded at build time), never restated from options, so the configuration cannot
+drift from the model. A graph whose batch axis is dynamic gets ``max_batch_size`` > 0 with the batch dim left out
+of ``dims`` and dynamic batching on; a fixed-batch graph gets ``max_batch_size: 0`` and its full shape.
+
+The repository folder of the model is assembled beside its final place and swapped in at the end, so a failed
+export leaves an existing model folder untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeseg.runtime.errors import ConfigError, ModelFormatError
+from edgeseg.runtime.metadata import METADATA_KEY, ModelMeta
+
+from .onnx_export import TensorSpec
+
+TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8",
+                "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
+PLATFORMS = {".onnx": ("onnxruntime_onnx", "model.onnx"), ".engine": ("tensorrt_plan", "model.plan"),
+             ".plan": ("tensorrt_plan", "model.plan")}
+INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+LABELS_FILE = "labels.txt"
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass
+class TritonOptions:
+    """Serving settings for config.pbtxt.
+
+    Attributes:
+        name: Model name in the repository (default: the model's name from its metadata).
+        max_batch: ``max_batch_size`` for batch-dynamic graphs (None: the engine profile's max, or 8).
+        instances: Model instances per device (``instance_group.count``).
+        instance_kind: ``gpu`` or ``cpu``.
+        preferred_batch: Batch size the dynamic batcher aims for (None: half of ``max_batch``, at least 1).
+        max_queue_delay_us: How long the batcher may hold a request to fill a batch.
+    """
+
+    name: str | None = None
+    max_batch: int | None = None
+    instances: int = 1
+    instance_kind: str = "gpu"
+    preferred_batch: int | None = None
+    max_queue_delay_us: int = 100
+
+    def __post_init__(self) -> None:
+        if self.name is not None and not _NAME_PATTERN.match(self.name):
+            raise ConfigError(f"--name must be a folder-safe model name (letters, digits, _ . -), got {self.name!r}")
+        if self.instance_kind not in INSTANCE_KINDS:
+            raise ConfigError(f"--instance-kind must be one of {', '.join(INSTANCE_KINDS)}, got {self.instance_kind!r}")
+        for label, value in (("--max-batch", self.max_batch), ("--instances", self.instances),
+                             ("--preferred-batch", self.preferred_batch)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{label} must be a positive integer, got {value}")
+        if self.max_queue_delay_us < 0:
+            raise ConfigError(f"--max-queue-delay-us must not be negative, got {self.max_queue_delay_us}")
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _dims_text(dims) -> str:
+    return "[ " + ", ".join(str(-1 if d is None else d) for d in dims) + " ]"
+
+
+def _tensor_block(spec: TensorSpec, batched: bool, label_file: str | None) -> str:
+    if spec.dtype not in TRITON_TYPES:
+        raise ModelFormatError(f"tensor {spec.name!r} has dtype {spec.dtype}, which Triton configs cannot state")
+    dims = spec.shape[1:] if batched else spec.shape
+    lines = ["  {", f"    name: {_quote(spec.name)}", f"    data_type: {TRITON_TYPES[spec.dtype]}",
+             f"    dims: {_dims_text(dims)}"]
+    if label_file:
+        lines.append(f"    label_filename: {_quote(label_file)}")
+    return "\n".join(lines + ["  }"])
+
+
+def config_pbtxt(name: str, platform: str, io: list[TensorSpec], meta: ModelMeta, options: TritonOptions,
+                 profile_max_batch: int | None = None) -> str:
+    """The text of config.pbtxt for a model whose real inputs/outputs are ``io``."""
+    inputs = [spec for spec in io if spec.is_input]
+    outputs = [spec for spec in io if not spec.is_input]
+    batched = all(spec.shape and spec.shape[0] is None for spec in io)
+    if not batched and (options.max_batch is not None or options.preferred_batch is not None):
+        raise ConfigError("--max-batch/--preferred-batch need a graph with a dynamic batch axis: export with "
+                          "--dynamic batch (or all)")
+    max_batch = (options.max_batch or profile_max_batch or 8) if batched else 0
+    if profile_max_batch is not None and batched and max_batch > profile_max_batch:
+        raise ConfigError(f"--max-batch {max_batch} exceeds the engine's profile maximum of {profile_max_batch}")
+    lines = [f"name: {_quote(name)}", f"platform: {_quote(platform)}", f"max_batch_size: {max_batch}",
+             "input ["]
+    lines.append(",\n".join(_tensor_block(spec, batched, None) for spec in inputs))
+    lines += ["]", "output ["]
+    lines.append(",\n".join(_tensor_block(spec, batched, LABELS_FILE if spec.name == meta.output_name else None)
+                            for spec in outputs))
+    lines.append("]")
+    if batched:
+        preferred = options.preferred_batch or max(1, max_batch // 2)
+        if preferred > max_batch:
+            raise ConfigError(f"--preferred-batch {preferred} exceeds max_batch_size {max_batch}")
+        lines += ["dynamic_batching {", f"  preferred_batch_size: [ {preferred} ]",
+                  f"  max_queue_delay_microseconds: {options.max_queue_delay_us}", "}"]
+    lines += ["instance_group [", "  {", f"    count: {options.instances}",
+              f"    kind: {INSTANCE_KINDS[options.instance_kind]}", "  }", "]",
+              "parameters {", f"  key: {_quote(METADATA_KEY)}", f"  value: {{ string_value: {_quote(meta.to_json())} }}",
+              "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Replace ``target`` by the finished ``staging`` folder; the old folder is removed only after the swap."""
+    retired = None
+    if target.exists():
+        retired = target.with_name(f".{target.name}.old")
+        if retired.exists():
+            shutil.rmtree(retired)
+        target.rename(retired)
+    staging.rename(target)
+    if retired is not None:
+        shutil.rmtree(retired)
+
+
+def write_triton_repository(model_path: str | Path, repo: str | Path, meta: ModelMeta, io: list[TensorSpec],
+                            options: TritonOptions | None = None, profile_max_batch: int | None = None) -> Path:
+    """Copy a model into ``repo/<name>/1/`` with its config.pbtxt and labels file; returns the model folder.
+
+    Args:
+        model_path: ``.onnx`` file, or ``.engine``/``.plan`` (served as ``model.plan``).
+        repo: The model repository root (created if missing; other models in it are left alone).
+        meta: The model card (from the ONNX metadata or the engine sidecar).
+        io: The model's real inputs and outputs.
+        options: Serving settings.
+        profile_max_batch: For engines, the batch maximum of their optimisation profile.
+    """
+    options = options or TritonOptions()
+    model_path = Path(model_path)
+    if model_path.suffix.lower() not in PLATFORMS:
+        raise ModelFormatError(f"Triton serves .onnx, .engine or .plan files, not {model_path}")
+    platform, file_name = PLATFORMS[model_path.suffix.lower()]
+    name = options.name or meta.model
+    if not _NAME_PATTERN.match(name):
+        raise ConfigError(f"model name {name!r} is not folder-safe; choose one with --name")
+    config = config_pbtxt(name, platform, io, meta, options, profile_max_batch)
+    repo = Path(repo)
+    repo.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
+    try:
+        (staging / "1").mkdir()
+        shutil.copyfile(model_path, staging / "1" / file_name)
+        (staging / "config.pbtxt").write_text(config, encoding="utf-8")
+        (staging / LABELS_FILE).write_text("\n".join(meta.classes) + "\n", encoding="utf-8")
+        _swap_in(staging, repo / name)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return repo / name
+
+
+def engine_io(sidecar: dict) -> tuple[list[TensorSpec], int | None]:
+    """I/O specs and the profile's max batch recorded in an engine sidecar (written by tensorrt_build)."""
+    if "io" not in sidecar:
+        raise ModelFormatError("the engine sidecar has no 'io' list; rebuild the engine with 'edgeseg export'")
+    specs = [TensorSpec(t["name"], t["dtype"], tuple(t["shape"]), t["mode"] == "input") for t in sidecar["io"]]
+    profile = sidecar.get("profile") or {}
+    max_batches = [shapes["max"][0] for shapes in profile.values()]
+    return specs, (max(max_batches) if max_batches else None)
+
+
+def read_sidecar_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelFormatError(f"cannot read engine sidecar {path}: {err}") from err
