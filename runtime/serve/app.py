@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import math
 import struct
 import time
@@ -34,6 +35,8 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ServeMetrics
 from .stream import MEDIA_TYPE as STREAM_MEDIA_TYPE
 from .stream import StreamHub
+
+logger = logging.getLogger("edgeseg.serve")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -423,6 +426,9 @@ def create_app(segmenters, config: ServeConfig | None = None, metrics: ServeMetr
                                                              config.request_timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(504, f"inference did not finish within {config.request_timeout_s:g} s") from None
+        except Exception as err:  # noqa: BLE001 - the model failed on this image; the worker lives on
+            logger.error("inference failed", exc_info=err)
+            raise ApiError(500, f"inference failed: {type(err).__name__}: {err}") from None
         headers = {"X-Batch-Size": str(result.batch_size), "X-Inference-Ms": f"{result.inference_ms:.2f}"}
         if options.format == "json":
             shares = await run_in_threadpool(class_shares, result.class_map, server.meta.classes)

@@ -8,9 +8,12 @@ import os
 import socket
 import sys
 
+import numpy as np
+
 from ..errors import EdgesegError
 
 LOOPBACK = "127.0.0.1"
+WARM_UP_SIZE = (256, 256)
 GRACEFUL_SHUTDOWN_S = 3
 """Open MJPEG streams never end by themselves; on Ctrl-C they are cut after this many seconds."""
 
@@ -102,6 +105,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _warm_up(segmenter) -> None:
+    """One blank image per session before the port opens: the first run allocates buffers and picks kernels, and
+    that cost belongs to start-up, not to the first client's latency."""
+    height, width = segmenter.input_size or WARM_UP_SIZE
+    segmenter.segment(np.zeros((height, width, 3), dtype=np.uint8))
+
+
 def _check_source(uri: str) -> None:
     """Open the stream source once before loading the model, so a typo or a corrupt file fails at start-up."""
     from ..video.sources import open_source
@@ -130,6 +140,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         for _ in range(args.workers):
             segmenters.append(Segmenter.load(args.model, backend=args.backend, device=args.device, size=args.size))
+            _warm_up(segmenters[-1])
         config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              max_image_bytes=int(args.max_image_mb * 2 ** 20), source=args.source,
                              stream_alpha=args.alpha)

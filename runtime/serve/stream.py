@@ -24,6 +24,9 @@ from .metrics import ServeMetrics
 BOUNDARY = "frame"
 MEDIA_TYPE = f"multipart/x-mixed-replace; boundary={BOUNDARY}"
 
+DEFAULT_FILE_FPS = 25.0
+"""Playback rate of a non-live source that states none (an image folder), so it does not spin as fast as it can."""
+
 FPS_SMOOTHING = 0.1
 """Weight of the newest frame in the exponential moving averages of FPS and per-frame latency."""
 
@@ -197,7 +200,7 @@ class StreamHub:
                         retry = min(self.max_retry_s, retry * 2)
                         continue
                     frames_since_open = 0
-                    frame_period = 1.0 / source.fps if (not source.is_live and source.fps) else 0.0
+                    frame_period = 0.0 if source.is_live else 1.0 / (source.fps or DEFAULT_FILE_FPS)
                 started = time.perf_counter()
                 try:
                     frame = source.read()
