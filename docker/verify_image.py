@@ -24,7 +24,7 @@ from collections.abc import Callable
 # The subcommands each image must be able to start; `--help` imports the module that implements the command.
 CLI_COMMANDS = {
     "x86": ("train", "export", "eval", "bench", "video", "serve"),
-    "jetson": ("eval", "bench", "video", "serve"),
+    "jetson": ("export", "eval", "bench", "video", "serve"),
 }
 
 
