@@ -605,3 +605,63 @@ def test_unreachable_triton_server_fails_fast_and_clearly(protocol):
     with pytest.raises(BackendUnavailable, match="cannot reach a Triton server"):
         Segmenter.load(uri)
     assert time.perf_counter() - started < 10
+
+
+def fake_triton_module(model_path, config):
+    """A ``tritonclient.grpc`` stand-in whose server runs the tiny model with onnxruntime."""
+    session = REAL_INFERENCE_SESSION(str(model_path), providers=["CPUExecutionProvider"])
+    module = types.ModuleType("tritonclient.grpc")
+    module.requests = []
+
+    class InferInput:
+        def __init__(self, name, shape, datatype):
+            self.name, self.shape, self.datatype = name, shape, datatype
+
+        def set_data_from_numpy(self, array):
+            self.array = array
+
+    class InferRequestedOutput:
+        def __init__(self, name):
+            self.name = name
+
+    class InferenceServerClient:
+        def __init__(self, url):
+            self.url = url
+
+        def is_server_live(self, client_timeout=None):
+            return True
+
+        def get_model_config(self, model, version, as_json=False, client_timeout=None):
+            assert as_json
+            return {"config": config}
+
+        def infer(self, model, inputs, model_version="", outputs=None, client_timeout=None):
+            module.requests.append((model, model_version, [(i.name, i.shape, i.datatype) for i in inputs]))
+            logits = session.run([outputs[0].name], {inputs[0].name: inputs[0].array})[0]
+            return types.SimpleNamespace(as_numpy=lambda name: logits)
+
+        def close(self):
+            pass
+
+    module.InferInput, module.InferRequestedOutput = InferInput, InferRequestedOutput
+    module.InferenceServerClient = InferenceServerClient
+    return module
+
+
+def test_triton_backend_reads_the_config_parameter_and_runs(tiny_onnx, monkeypatch):
+    meta = json.dumps(tiny_metadata("tiny-dynamic", (None, None), fused=False, batch=None))
+    config = {"name": "tiny", "max_batch_size": 4, "parameters": {"edgeseg": {"string_value": meta}}}
+    module = fake_triton_module(tiny_onnx.dynamic, config)
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", module)
+    with Segmenter.load("triton://server:8001/tiny/2", size=(32, 32)) as segmenter:
+        assert segmenter.backend.name == "triton" and segmenter.backend.max_batch == 4
+        assert segmenter.providers == ["triton-grpc:server:8001"]
+        image = random_image(32, 32, seed=8)
+        np.testing.assert_array_equal(segmenter.segment(image), tiny_onnx.expected(image))
+    assert module.requests == [("tiny", "2", [("images", [1, 3, 32, 32], "FP32")])]
+
+
+def test_triton_model_without_edgeseg_parameter(tiny_onnx, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", fake_triton_module(tiny_onnx.dynamic, {"name": "bare"}))
+    with pytest.raises(MetadataError, match="config.pbtxt"):
+        Segmenter.load("triton://server/bare")

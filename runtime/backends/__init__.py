@@ -67,7 +67,8 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto") 
         hint = (" To run an ONNX model through TensorRT without building an engine, use backend 'onnxruntime' with "
                 "device 'tensorrt' (ONNX Runtime's TensorRT provider)." if backend == "tensorrt" and key == ".onnx"
                 else "")
-        raise ModelFormatError(f"backend {backend!r} runs {' / '.join(BACKEND_KEYS[backend])} models, not {path}.{hint}")
+        kinds = " / ".join(BACKEND_KEYS[backend])
+        raise ModelFormatError(f"backend {backend!r} runs {kinds} models, not {path}.{hint}")
     if not key.endswith("://") and not Path(path).is_file():
         raise ModelFormatError(f"model file not found: {path}")
     factory = _FACTORIES.get(key)

@@ -53,7 +53,8 @@ class Backend(abc.ABC):
         """Run the network on a batch laid out as ``meta`` describes; return the output as a host numpy array.
 
         The call returns only when the result is on the host, so timing it measures the whole inference including
-        the device round trip (no asynchronous work is left pending).
+        the device round trip (no asynchronous work is left pending). It may be called from several threads at
+        once (the HTTP server does); a backend with per-call state makes the callers take turns.
         """
 
     def close(self) -> None:

@@ -153,7 +153,6 @@ class OnnxRuntimeBackend(Backend):
 
         self.meta = read_onnx_meta(self.session, self.path)
         self._bind_io()
-        self._binding = self.session.io_binding() if self.device != "cpu" else None
 
     def _check_fallback(self, device: str, requested: list[str]) -> None:
         lost = [ep for ep in requested if ep in GPU_EPS and ep not in self.providers]
@@ -198,14 +197,15 @@ class OnnxRuntimeBackend(Backend):
     def run(self, batch: np.ndarray) -> np.ndarray:
         if batch.dtype != self.input_dtype:
             raise ModelFormatError(f"{self.path} takes {np.dtype(self.input_dtype)} input, got {batch.dtype}")
-        if self._binding is None:
+        if self.device == "cpu":
             return self.session.run([self.output_name], {self.input_name: batch})[0]
-        binding = self._binding
+        # One binding per call: sessions are thread-safe, a shared binding would not be (the HTTP server runs
+        # requests concurrently). Input is copied to the GPU at bind time, the output stays there until copied out.
+        binding = self.session.io_binding()
         binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
         binding.bind_output(self.output_name, "cuda", self.gpu_index)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
     def close(self) -> None:
-        self._binding = None
         self.session = None

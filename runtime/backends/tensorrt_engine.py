@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import json
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,6 +227,7 @@ class EngineRunner:
         self.context = engine.create_execution_context()
         self.stream = cuda.stream()
         self._shape: tuple[int, ...] | None = None
+        self._lock = threading.Lock()  # one context and one set of buffers: concurrent callers take turns
         self._device: dict[str, int] = {}
         self._pinned: dict[str, tuple[int, np.ndarray]] = {}
 
@@ -250,7 +252,7 @@ class EngineRunner:
             raise ModelFormatError(f"engine input {self.input.name!r} rejects shape {shape}: outside its "
                                    "optimization profile")
         for tensor in self.tensors:
-            tensor_shape = shape if tensor.is_input else tuple(int(d) for d in self.context.get_tensor_shape(tensor.name))
+            tensor_shape = shape if tensor.is_input else tuple(map(int, self.context.get_tensor_shape(tensor.name)))
             if any(d < 0 for d in tensor_shape):
                 raise ModelFormatError(f"engine output {tensor.name!r} has a data-dependent shape {tensor_shape}")
             pointer = self.cuda.malloc(int(np.prod(tensor_shape)) * tensor.dtype.itemsize)
@@ -265,6 +267,10 @@ class EngineRunner:
             raise ModelFormatError(f"engine input {self.input.name!r} takes {self.input.dtype}, got {batch.dtype}")
         shape = tuple(batch.shape)
         check_input_shape(self.input, shape)
+        with self._lock:
+            return self._run_locked(batch, shape)
+
+    def _run_locked(self, batch: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         if shape != self._shape:
             self._allocate(shape)
         host_input = self._pinned[self.input.name][1]
@@ -279,7 +285,8 @@ class EngineRunner:
         return host_output.copy()
 
     def close(self) -> None:
-        self._release()
+        with self._lock:
+            self._release()
         if self.stream is not None:
             self.cuda.destroy_stream(self.stream)
             self.stream = None

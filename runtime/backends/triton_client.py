@@ -8,7 +8,9 @@ Triton model repository; pre- and post-processing stay on this side, identical t
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import threading
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -106,6 +108,8 @@ class TritonBackend(Backend):
         except ImportError as err:
             raise BackendUnavailable(f"{uri} needs the Triton client: pip install 'edgeseg[triton]' ({err})") from err
         self._grpc = self.address.protocol == "grpc"
+        # The gRPC client serves concurrent calls; the HTTP client holds a single connection, so calls take turns.
+        self._lock = contextlib.nullcontext() if self._grpc else threading.Lock()
         self.client = self._connect()
         config = self._model_config()
         self.meta = meta_from_config(config, self.address)
@@ -150,8 +154,9 @@ class TritonBackend(Backend):
         wanted = [module.InferRequestedOutput(self.meta.output_name)]
         timeout = {"client_timeout": INFER_TIMEOUT_S} if self._grpc else {}
         try:
-            result = self.client.infer(self.address.model, [request], model_version=self.address.version,
-                                       outputs=wanted, **timeout)
+            with self._lock:
+                result = self.client.infer(self.address.model, [request], model_version=self.address.version,
+                                           outputs=wanted, **timeout)
         except Exception as err:
             raise BackendUnavailable(f"{self.address}: inference request failed ({err})") from err
         return result.as_numpy(self.meta.output_name)
