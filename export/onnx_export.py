@@ -402,8 +402,8 @@ def export_onnx(model: nn.Module, card: dict, options: OnnxOptions, path: str | 
     notes: list[str] = []
     if options.precision == "fp16":
         graph = precision_mod.convert_to_fp16(graph)
-        notes.append("FP16 graph with FP32 inputs/outputs; " + ", ".join(precision_mod.FP16_KEEP_FLOAT)
-                     + " kept in FP32")
+        notes.append("FP16 graph with FP32 inputs/outputs; ops outside the FP16 allow-list (resize, pooling to "
+                     "1x1, reductions, argmax) kept in FP32")
     elif options.precision == "int8":
         if calibration is None:
             raise ConfigError("--precision int8 needs calibration images: add --calib DATASET[:ROOT] "

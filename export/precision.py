@@ -4,9 +4,10 @@ TensorRT 11 removed the FP16/INT8 builder flags and calibrators; a strongly type
 from the graph. Putting the precision into the ONNX file therefore builds the same engine on TensorRT 10.3
 (JetPack 6) and 11.x, and lets ONNX Runtime run (and check) exactly what TensorRT will build.
 
-- FP16: onnxconverter-common's converter with FP32 inputs/outputs kept (``keep_io_types``), so the runtime's
-  pre-processing is unchanged. Ops whose FP16 result drifts (reductions, softmax, the argmax input, Resize whose
-  scale inputs must stay float) stay in FP32 behind Cast nodes.
+- FP16: an own pass (:func:`convert_to_fp16`) with FP32 inputs/outputs kept, so the runtime's pre-processing is
+  unchanged. Only an allow-list of ops runs in FP16; ops whose FP16 result drifts (reductions, softmax, the argmax
+  input, Resize) stay in FP32 behind Cast nodes. (onnxconverter-common's converter was tried first; with
+  ``keep_io_types`` its cast clean-up raises on graphs whose output comes from a blocked op, as Resize is here.)
 - INT8: ONNX Runtime static quantisation in QDQ form, S8S8 with symmetric activations and symmetric per-channel
   weights, so every zero point is 0 as TensorRT's explicit quantisation requires; biases stay float (TensorRT fuses
   them into the convolution). Calibration reads real images prepared exactly like the runtime prepares them.
@@ -20,27 +21,86 @@ from typing import Iterator
 import numpy as np
 import onnx
 
-from edgeseg.runtime.errors import BackendUnavailable, ConfigError, DataError
+from edgeseg.runtime.errors import ConfigError, DataError
 from edgeseg.runtime.metadata import ModelMeta
 from edgeseg.runtime.preprocess import normalize, resize_image
 
-FP16_KEEP_FLOAT = ("ArgMax", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
-                   "ReduceL2", "GlobalAveragePool", "Resize", "Upsample", "TopK", "Range", "CumSum")
-"""Op types the FP16 pass leaves in FP32. GlobalAveragePool is a sum over a whole feature map (context branches of
-LR-ASPP and ASPP), where FP16 accumulation loses the small differences the attention gates depend on."""
+FP16_OPS = frozenset({
+    "Conv", "ConvTranspose", "BatchNormalization", "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid",
+    "HardSwish", "Tanh", "Add", "Sub", "Mul", "Div", "Concat", "MaxPool", "AveragePool", "Reshape", "Transpose",
+    "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "Identity", "Pad", "Gemm", "MatMul", "Expand", "Tile",
+    "DepthToSpace", "SpaceToDepth",
+})
+"""Op types the FP16 pass runs in half precision: convolutions, their elementwise neighbours and data movement.
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
+Everything else stays FP32 behind Cast nodes: reductions and GlobalAveragePool (sums over whole feature maps, where
+FP16 accumulation loses the small differences attention gates depend on), Softmax, ArgMax (its input is the
+decision itself), Resize (its scale inputs must stay float) and any op not listed, so an unfamiliar op is never
+silently run at lower precision."""
+
+FP16_MAX = 65504.0
 
 
 def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """An FP16 copy of an FP32 graph with FP32 inputs and outputs (see the module docstring)."""
-    try:
-        from onnxconverter_common import float16
-    except ImportError as err:
-        raise BackendUnavailable("FP16 export needs onnxconverter-common: pip install 'edgeseg[export]' "
-                                 "(or pip install onnxconverter-common)") from err
-    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_KEEP_FLOAT))
-    return float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+    """An FP16 copy of an FP32 graph whose inputs and outputs stay FP32 (see :data:`FP16_OPS`).
+
+    Walks the nodes in order, tracking each float tensor's current type, and inserts one Cast wherever a node needs
+    its input in the other precision. Initializers read only by FP16 nodes are stored in FP16 (halving the file);
+    shared ones stay FP32 and are cast. The runtime's input preparation therefore does not change with precision.
+    """
+    model = onnx.shape_inference.infer_shapes(model)
+    graph = model.graph
+    float_tensors = {value.name for value in [*graph.input, *graph.output, *graph.value_info]
+                     if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    float_tensors |= {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    half = onnx.TensorProto.FLOAT16
+    single = onnx.TensorProto.FLOAT
+    tensor_type: dict[str, int] = {}
+    for init in graph.initializer:
+        users = readers.get(init.name, [])
+        if init.data_type == single and users and all(node.op_type in FP16_OPS for node in users):
+            values = np.clip(onnx.numpy_helper.to_array(init), -FP16_MAX, FP16_MAX).astype(np.float16)
+            init.CopyFrom(onnx.numpy_helper.from_array(values, init.name))
+            tensor_type[init.name] = half
+
+    nodes: list[onnx.NodeProto] = []
+    casts: dict[tuple[str, int], str] = {}
+
+    def typed(name: str, wanted: int) -> str:
+        if tensor_type.get(name, single) == wanted:
+            return name
+        if (name, wanted) not in casts:
+            cast_name = f"{name}_as_{'fp16' if wanted == half else 'fp32'}"
+            nodes.append(onnx.helper.make_node("Cast", [name], [cast_name], to=wanted, name=cast_name))
+            casts[(name, wanted)] = cast_name
+        return casts[(name, wanted)]
+
+    for node in graph.node:
+        wanted = half if node.op_type in FP16_OPS else single
+        for index, name in enumerate(node.input):
+            if name in float_tensors:
+                node.input[index] = typed(name, wanted)
+        nodes.append(node)
+        for name in node.output:
+            if name in float_tensors:
+                tensor_type[name] = wanted
+    for output in graph.output:
+        if tensor_type.get(output.name) == half:
+            internal = f"{output.name}_fp16"
+            for node in nodes:
+                node.output[:] = [internal if name == output.name else name for name in node.output]
+                node.input[:] = [internal if name == output.name else name for name in node.input]
+            nodes.append(onnx.helper.make_node("Cast", [internal], [output.name], to=single,
+                                               name=f"{output.name}_as_fp32"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # the recorded types are stale; runtimes infer them again
+    return model
 
 
 class ImageCalibrationReader:
