@@ -74,19 +74,26 @@ def colour_frame(index: int) -> np.ndarray:
 
 
 class FakeLiveSource(VideoSource):
-    """A camera stand-in that yields ``frames`` frames, ``interval_s`` apart, then breaks by raising OSError."""
+    """A camera stand-in that yields ``frames`` frames, ``interval_s`` apart, then breaks.
 
-    def __init__(self, frames: int, interval_s: float = 0.0):
+    It breaks by raising OSError, as a dropped connection does, or with ``silent_end`` by returning None, as a
+    capture that stops delivering frames does.
+    """
+
+    def __init__(self, frames: int, interval_s: float = 0.0, silent_end: bool = False):
         self.uri = "fake://camera"
         self.is_live = True
         self.size = FRAME_SIZE
         self.remaining = frames
         self.interval_s = interval_s
         self.produced = 0
+        self.silent_end = silent_end
         self.closed = False
 
     def read(self):
         if self.remaining == 0:
+            if self.silent_end:
+                return None
             raise OSError("connection reset")
         time.sleep(self.interval_s)
         self.remaining -= 1
@@ -329,7 +336,8 @@ def test_live_source_drops_stale_frames_behind_a_slow_model():
     assert summary["ended_by"] == "stream-lost" and camera.closed
 
 
-def test_broken_stream_backs_off_then_ends_cleanly_with_a_summary():
+@pytest.mark.parametrize("silent_end", [False, True], ids=["raises", "stops-delivering"])
+def test_broken_stream_backs_off_then_ends_cleanly_with_a_summary(silent_end):
     opened: list[float] = []
 
     def reopen():
@@ -340,7 +348,8 @@ def test_broken_stream_backs_off_then_ends_cleanly_with_a_summary():
     policy = ReconnectPolicy(attempts=3, delay_s=0.02, max_delay_s=1.0)
     broke_at = time.perf_counter()
     sink = ListSink()
-    summary = VideoPipeline(FakeSegmenter(), FakeLiveSource(frames=4), [sink], reopen=reopen, reconnect=policy,
+    summary = VideoPipeline(FakeSegmenter(), FakeLiveSource(4, silent_end=silent_end), [sink], reopen=reopen,
+                            reconnect=policy,
                             log=quiet_log(messages)).run()
     assert summary["frames"] + summary["dropped"] == 4 and summary["frames"] >= 1
     assert summary["reconnect_attempts"] == 3 and summary["reconnects"] == 0

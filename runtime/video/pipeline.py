@@ -338,8 +338,11 @@ class VideoPipeline:
         finally:
             self._stop.set()
             for thread in threads:
-                if thread.is_alive():
-                    thread.join()
+                while thread.is_alive():
+                    try:
+                        thread.join()
+                    except KeyboardInterrupt:  # a second Ctrl-C: the threads end within one stage anyway
+                        interrupted = True
             if bar is not None:
                 bar.close()
             self._close_all(failed=bool(self._errors))

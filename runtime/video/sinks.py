@@ -81,6 +81,10 @@ class VideoFileSink(VideoSink):
         handle, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=f".partial{suffix}", dir=self.path.parent)
         os.close(handle)
         self.temp_path = Path(temp)
+        # mkstemp creates the file private (0600); the finished video should get the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.temp_path, 0o666 & ~umask)
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None  # (width, height), as VideoWriter takes it
 
