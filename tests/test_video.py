@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -450,3 +452,24 @@ def test_cli_reports_a_bad_source_as_one_line(tiny_onnx, tmp_path, capsys):
     assert error[-1].startswith("edgeseg video: error: cannot read") and "bogus.mp4" in error[-1]
     assert main(["video", str(tiny_onnx.static), "nope://x"]) == 1
     assert "unknown video source scheme" in capsys.readouterr().err
+
+
+def test_cli_runs_a_video_without_torch(tiny_onnx, tmp_path):
+    """The video command is what a Jetson image runs: no torch import may be attempted on its path, even caught."""
+    video = write_video(tmp_path / "in.mp4", 5)
+    script = f"""
+import sys
+attempts = []
+class RefuseTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            attempts.append(name)
+            raise ImportError(name + " is blocked")
+sys.meta_path.insert(0, RefuseTorch())
+from edgeseg.cli import main
+code = main(["video", {str(tiny_onnx.static)!r}, {str(video)!r}, "--out", {str(tmp_path / "out.mp4")!r}, "--json"])
+assert code == 0 and not attempts, (code, attempts)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["frames"] == 5

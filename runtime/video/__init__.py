@@ -83,28 +83,28 @@ def run_video(args: argparse.Namespace) -> int:
     from ..segmenter import Segmenter
 
     spec = parse_source(args.source)  # a typo in the source is reported before the model loads
-    segmenter = Segmenter.load(args.model, backend=args.backend, device=args.device, size=args.size)
-    source = open_source(spec, gst=args.gst)
-    sinks: list[VideoSink] = []
-    try:
-        expected = args.max_frames
-        if source.frame_count is not None:
-            expected = min(source.frame_count, args.max_frames or source.frame_count)
-        if args.out:
-            sinks.append(open_sink(args.out, fps=source.fps, expected_frames=expected))
-        if args.show and not any(isinstance(sink, DisplaySink) for sink in sinks):
-            sinks.append(DisplaySink())
-    except BaseException:
-        source.close()
-        for sink in sinks:
-            sink.abort()
-        raise
-    pipeline = VideoPipeline(
-        segmenter, source, sinks,
-        reopen=lambda: open_source(spec, gst=args.gst),
-        alpha=args.alpha, legend=args.legend, max_frames=args.max_frames, queue_size=args.queue,
-        reconnect=ReconnectPolicy(attempts=args.reconnect, delay_s=args.reconnect_delay), progress=True,
-    )
-    summary = pipeline.run()
+    with Segmenter.load(args.model, backend=args.backend, device=args.device, size=args.size) as segmenter:
+        source = open_source(spec, gst=args.gst)
+        sinks: list[VideoSink] = []
+        try:
+            expected = args.max_frames
+            if source.frame_count is not None:
+                expected = min(source.frame_count, args.max_frames or source.frame_count)
+            if args.out:
+                sinks.append(open_sink(args.out, fps=source.fps, expected_frames=expected))
+            if args.show and not any(isinstance(sink, DisplaySink) for sink in sinks):
+                sinks.append(DisplaySink())
+            pipeline = VideoPipeline(
+                segmenter, source, sinks,
+                reopen=lambda: open_source(spec, gst=args.gst),
+                alpha=args.alpha, legend=args.legend, max_frames=args.max_frames, queue_size=args.queue,
+                reconnect=ReconnectPolicy(attempts=args.reconnect, delay_s=args.reconnect_delay), progress=True,
+            )
+        except BaseException:
+            source.close()
+            for sink in sinks:
+                sink.abort()
+            raise
+        summary = pipeline.run()
     print(json.dumps(summary) if args.json else format_summary(summary), flush=True)
     return 130 if summary["interrupted"] else 0

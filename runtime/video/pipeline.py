@@ -79,7 +79,7 @@ class _Frame:
 class VideoPipeline:
     """Segments every frame of a source and sends the rendered frames to the sinks.
 
-    The pipeline owns ``source`` and ``sinks``: :meth:`run` closes them. Sinks are finalised (a video file renamed
+    A pipeline runs once and owns ``source`` and ``sinks``: :meth:`run` closes them. Sinks are finalised (a video file renamed
     into place) when the run ends normally, reaches ``max_frames``, is stopped from a window, or is interrupted
     with Ctrl-C; they are aborted (partial files deleted) when the run fails.
 
@@ -314,6 +314,8 @@ class VideoPipeline:
         Raises:
             The first error of any stage, after every thread has ended and partial outputs have been removed.
         """
+        if self._stop.is_set():
+            raise RuntimeError("a VideoPipeline runs once: its source and sinks are closed after the first run")
         interrupted = False
         threads = [threading.Thread(target=self._decode_loop, name="edgeseg-video-decode"),
                    threading.Thread(target=self._infer_loop, name="edgeseg-video-infer")]
