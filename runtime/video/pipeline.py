@@ -79,9 +79,9 @@ class _Frame:
 class VideoPipeline:
     """Segments every frame of a source and sends the rendered frames to the sinks.
 
-    A pipeline runs once and owns ``source`` and ``sinks``: :meth:`run` closes them. Sinks are finalised (a video file renamed
-    into place) when the run ends normally, reaches ``max_frames``, is stopped from a window, or is interrupted
-    with Ctrl-C; they are aborted (partial files deleted) when the run fails.
+    A pipeline runs once and owns ``source`` and ``sinks``: :meth:`run` closes them. Sinks are finalised (a video
+    file renamed into place) when the run ends normally, reaches ``max_frames``, is stopped from a window, or is
+    interrupted with Ctrl-C; they are aborted (partial files deleted) when the run fails.
 
     Args:
         segmenter: An object with the Segmenter stage API (``prepare``, ``run``, ``finish``, ``input_size``,
