@@ -11,7 +11,7 @@ setup:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[train,export,serve,dev]"
+	$(BIN)/pip install --quiet -e ".[runtime,train,export,serve,dev]"
 
 quickstart:
 	$(BIN)/edgeseg quickstart --out runs/quickstart
