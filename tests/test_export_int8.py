@@ -1,0 +1,135 @@
+"""INT8 export: ONNX Runtime static quantisation to the Q/DQ form TensorRT's explicit quantisation accepts.
+
+Checked on the tiny network with real calibration images from the embedded CamVid sample: the structure of the
+Q/DQ graph (int8, zero points 0, per-channel weights, float biases, float first conv and classifier), parity with
+PyTorch through the runtime, and that calibration batches are prepared exactly as the runtime prepares images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from edgeseg.cli import main
+from edgeseg.export.onnx_export import read_metadata
+from edgeseg.export.precision import ImageCalibrationReader, load_calibration_images
+from edgeseg.runtime.classes import CAMVID, IMAGENET_MEAN, IMAGENET_STD
+from edgeseg.runtime.datasets import open_dataset
+from edgeseg.runtime.errors import DataError
+from edgeseg.runtime.segmenter import Segmenter
+from edgeseg.training.checkpoint import model_card, save_checkpoint
+from edgeseg.training.models import create_model
+
+SIZE = (64, 96)
+
+
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("int8")
+    torch.manual_seed(0)
+    model = create_model("tiny_segnet", num_classes=CAMVID.num_classes).eval()
+    card = model_card(model_name="tiny_segnet", model_kwargs={}, classes=CAMVID, mean=IMAGENET_MEAN,
+                      std=IMAGENET_STD, input_size=list(SIZE), config={})
+    checkpoint = folder / "tiny.pt"
+    save_checkpoint(checkpoint, card, model.state_dict())
+    path = folder / "tiny_int8.onnx"
+    code = main(["export", str(checkpoint), "--precision", "int8", "--calib", "camvid", "--calib-images", "8",
+                 "--out", str(path), "--check", "--check-images", "4"])
+    return checkpoint, path, code
+
+
+def test_int8_export_passes_its_parity_check(int8_export, capsys):
+    _, path, code = int8_export
+    assert code == 0
+    meta = read_metadata(path)
+    assert meta.precision == "int8" and meta.input_dtype == "float32"
+
+
+def test_qdq_form_is_what_tensorrt_takes(int8_export):
+    _, path, _ = int8_export
+    graph = onnx.load(str(path)).graph
+    initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    quantize = [node for node in graph.node if node.op_type == "QuantizeLinear"]
+    dequantize = [node for node in graph.node if node.op_type == "DequantizeLinear"]
+    assert quantize and dequantize
+
+    for node in quantize + dequantize:
+        zero_point = initializers[node.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any()  # symmetric int8, zero point 0
+
+    readers = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.op_type)
+    for node in quantize:  # activations: every Q feeds only DQ (a pair), never a quantised kernel directly
+        assert set(readers[node.output[0]]) == {"DequantizeLinear"}
+
+    weight_dq = [node for node in dequantize if node.input[0] in initializers]
+    assert weight_dq
+    for node in weight_dq:
+        weights, scale = initializers[node.input[0]], initializers[node.input[1]]
+        assert weights.dtype == np.int8  # no int32 bias DQ: biases stay float
+        if weights.ndim == 4:  # conv weights: one scale per output channel
+            assert scale.shape == (weights.shape[0],)
+
+
+def test_first_conv_and_classifier_stay_float(int8_export):
+    _, path, _ = int8_export
+    graph = onnx.load(str(path)).graph
+    initializer_types = {init.name: init.data_type for init in graph.initializer}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    kept = read_metadata(path).extra["int8_float_nodes"]
+    for conv in (convs[0], convs[-1]):
+        assert conv.name in kept
+        assert initializer_types.get(conv.input[1]) == onnx.TensorProto.FLOAT  # float weights, no DQ
+    quantised = [conv for conv in convs[1:-1]]
+    assert quantised and all(conv.input[1] not in initializer_types for conv in quantised)  # fed by DQ
+
+
+def test_calibration_batches_match_runtime_preparation(int8_export, tmp_path):
+    checkpoint, path, _ = int8_export
+    images = load_calibration_images("camvid", "train", 3)
+    with Segmenter.load(path, device="cpu") as segmenter:
+        reader = ImageCalibrationReader(images, segmenter.meta, SIZE)
+        batches = [reader.get_next() for _ in range(3)]
+        assert reader.get_next() is None
+        for image, batch in zip(images, batches):
+            np.testing.assert_array_equal(batch["images"], segmenter.prepare([image]))
+        reader.rewind()
+        np.testing.assert_array_equal(reader.get_next()["images"], batches[0]["images"])
+
+    fused = tmp_path / "fused.onnx"
+    assert main(["export", str(checkpoint), "--fuse", "pre", "--out", str(fused)]) == 0
+    with Segmenter.load(fused, device="cpu") as segmenter:
+        batch = ImageCalibrationReader(images, segmenter.meta, SIZE).get_next()["images"]
+        assert batch.dtype == np.uint8 and batch.shape == (1, *SIZE, 3)
+        np.testing.assert_array_equal(batch, segmenter.prepare(images[:1]))
+
+
+def test_calibration_images_are_spread_over_the_split():
+    dataset = open_dataset("camvid", "train")
+    images = load_calibration_images("camvid", "train", 4)
+    assert len(images) == 4
+    np.testing.assert_array_equal(images[0], dataset.read_image(0))
+    np.testing.assert_array_equal(images[-1], dataset.read_image(len(dataset) - 1))
+    assert len(load_calibration_images("camvid", "train", 10_000)) == len(dataset)
+
+
+def test_missing_calibration_set_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="calibration set 'camvid:/no/such/dir'"):
+        load_calibration_images("camvid:/no/such/dir", "train", 4)
+
+
+def test_fused_int8_graph_runs_in_the_runtime(int8_export, tmp_path):
+    checkpoint, _, _ = int8_export
+    path = tmp_path / "fused_int8.onnx"
+    assert main(["export", str(checkpoint), "--precision", "int8", "--calib", "camvid", "--calib-images", "4",
+                 "--fuse", "all", "--out", str(path), "--check", "--check-images", "2"]) == 0
+    image = open_dataset("camvid", "val").read_image(0)
+    with Segmenter.load(path, device="cpu") as segmenter:
+        class_map = segmenter.segment(image)
+    assert class_map.shape == image.shape[:2] and class_map.dtype == np.uint8
+    assert class_map.max() < CAMVID.num_classes
