@@ -1,0 +1,163 @@
+"""Training loop: a run on the embedded sample, its checkpoint card, kill-and-resume, and eval of the result."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeseg.cli import main
+from edgeseg.runtime.errors import ConfigError, ModelFormatError
+from edgeseg.training.checkpoint import build_model_from_card, load_checkpoint
+from edgeseg.training.config import resolve_config
+from edgeseg.training.trainer import EpochSampler, Trainer, poly_factor
+
+TINY = [
+    "model.name=tiny_segnet", "data.crop_size=[64, 96]", "data.base_size=[90, 120]", "data.batch_size=4",
+    "data.workers=0", "data.val_limit=3", "train.val_every=6", "train.log_every=2", "train.threads=1",
+]
+
+
+def tiny_config(*extra):
+    return resolve_config(None, [*TINY, *extra])
+
+
+def test_poly_schedule_and_warmup():
+    assert poly_factor(0, 100, 0.9, 0) == 1.0
+    assert poly_factor(100, 100, 0.9, 0) == 0.0
+    assert 0 < poly_factor(50, 100, 0.9, 0) < 1
+    assert poly_factor(0, 100, 0.9, 4) == pytest.approx(0.25)
+
+
+def test_epoch_sampler_resumes_mid_epoch_and_shards():
+    full = list(EpochSampler(10, seed=3))
+    resumed = EpochSampler(10, seed=3)
+    resumed.set_position(0, 4)
+    assert list(resumed) == full[4:]
+    next_epoch = EpochSampler(10, seed=3)
+    next_epoch.set_position(1, 0)
+    assert sorted(next_epoch) == list(range(10)) and list(next_epoch) != full
+    shards = [list(EpochSampler(10, seed=3, rank=r, world=2)) for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == list(range(10))
+
+
+def test_training_writes_run_folder_and_self_describing_checkpoint(tmp_path):
+    result = Trainer(tiny_config("train.iterations=6", "train.ckpt_every=3"), tmp_path).fit()
+    assert result["iterations"] == 6
+    for name in ("config.yaml", "metrics.csv", "metrics.json", "last.pt", "best.pt"):
+        assert (tmp_path / name).is_file(), name
+    card = load_checkpoint(tmp_path / "last.pt")
+    assert card["model"]["name"] == "tiny_segnet"
+    assert card["classes"]["names"][0] == "Sky" and len(card["classes"]["names"]) == 11
+    assert card["input_size"] == [90, 120]
+    assert card["train_state"]["iteration"] == 6
+    model = build_model_from_card(card)
+    assert model(torch.zeros(1, 3, 64, 96)).shape == (1, 11, 64, 96)
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[0] == "iteration" and "ce" in header and "val_miou" in header
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path):
+    """A run that crashes after its checkpoint at iteration 4 and resumes ends bit-identical to one that never did."""
+    straight = Trainer(tiny_config("train.iterations=8", "train.ckpt_every=4"), tmp_path / "a")
+    straight.fit()
+    crashing = Trainer(tiny_config("train.iterations=8", "train.ckpt_every=4"), tmp_path / "b")
+    real_step = crashing.train_step
+
+    def step_then_crash(images, labels):
+        if crashing.iteration == 5:
+            raise RuntimeError("simulated crash")
+        return real_step(images, labels)
+
+    crashing.train_step = step_then_crash
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashing.fit()
+    resumed = Trainer(tiny_config("train.iterations=8", "train.ckpt_every=4"), tmp_path / "b",
+                      resume_from=tmp_path / "b")
+    assert resumed.iteration == 4
+    resumed.fit()
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_killed_cli_run_resumes_from_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "edgeseg.cli", "train", "--out", str(out)]
+    overrides = [f"--set={o}" for o in [*TINY, "train.iterations=400", "train.ckpt_every=2", "train.val_every=1000"]]
+    config = tmp_path / "c.yaml"
+    config.write_text("name: killed\n")
+    proc = subprocess.Popen([*args[:4], str(config), *args[4:], *overrides], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if (out / "last.pt").exists() and load_checkpoint(out / "last.pt")["train_state"]["iteration"] >= 4:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("no checkpoint at iteration >= 4 within 120 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    stopped_at = load_checkpoint(out / "last.pt")["train_state"]["iteration"]
+    assert 4 <= stopped_at < 400
+    target = stopped_at + 4
+    code = main(["train", "--resume", str(out), "--set", f"train.iterations={target}"])
+    assert code == 0
+    state = load_checkpoint(out / "last.pt")["train_state"]
+    assert state["iteration"] == target
+    logged = [row["iteration"] for row in state["history"] if "step_s" in row]
+    assert logged == sorted(logged) and logged[-1] == target
+
+
+def test_fresh_run_refuses_to_overwrite_and_resume_needs_state(tmp_path):
+    Trainer(tiny_config("train.iterations=2"), tmp_path).fit()
+    config = tmp_path / "c.yaml"
+    config.write_text("name: again\n")
+    with pytest.raises(ConfigError, match="--resume"):
+        from edgeseg.training.commands import run_train
+        import argparse
+
+        run_train(argparse.Namespace(config=str(config), out=tmp_path, overrides=TINY, resume=None))
+    with pytest.raises(ConfigError, match="no training state"):
+        Trainer(tiny_config(), tmp_path / "x", resume_from=tmp_path / "best.pt")
+
+
+def test_corrupt_and_foreign_checkpoints_are_clear_errors(tmp_path):
+    corrupt = tmp_path / "bad.pt"
+    corrupt.write_bytes(b"not a zip file at all")
+    with pytest.raises(ModelFormatError, match="bad.pt"):
+        load_checkpoint(corrupt)
+    bare = tmp_path / "bare.pt"
+    torch.save({"weight": torch.zeros(1)}, bare)
+    with pytest.raises(ModelFormatError, match="not an edgeseg checkpoint"):
+        load_checkpoint(bare)
+    with pytest.raises(ModelFormatError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_eval_cli_scores_a_trained_checkpoint(tmp_path, capsys):
+    Trainer(tiny_config("train.iterations=2"), tmp_path).fit()
+    capsys.readouterr()
+    code = main(["eval", str(tmp_path / "last.pt"), "--data", "camvid", "--split", "val", "--limit", "3", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["images"] == 3
+    assert 0.0 <= result["miou"] <= 1.0 and 0.0 <= result["pixel_acc"] <= 1.0
+    assert set(result["per_class_iou"]) == set(load_checkpoint(tmp_path / "last.pt")["classes"]["names"])
+
+
+def test_eval_of_checkpoint_equals_trainer_validation(tmp_path, capsys):
+    """The CLI (through the runtime Segmenter) and the trainer's own validation score a checkpoint identically."""
+    trainer = Trainer(tiny_config("train.iterations=2"), tmp_path)
+    trainer.fit()
+    expected = trainer.validate(limit=5)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "last.pt"), "--data", "camvid", "--limit", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["miou"] == pytest.approx(expected["miou"], abs=1e-6)
