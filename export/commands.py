@@ -14,8 +14,15 @@ from pathlib import Path
 
 from edgeseg.runtime.errors import ConfigError, DataError
 
-from .formats import CHECK_OPTIONS, FORMAT_NAMES, GRAPH_OPTIONS, format_table, get_format, option_flag, \
-    reject_foreign_options
+from .formats import (
+    CHECK_OPTIONS,
+    FORMAT_NAMES,
+    GRAPH_OPTIONS,
+    format_table,
+    get_format,
+    option_flag,
+    reject_foreign_options,
+)
 
 OPTION_DEFAULTS: dict[str, object] = {
     "size": None, "batch": None, "dynamic": None, "opset": 17, "precision": "fp32", "calib": None,

@@ -39,6 +39,7 @@ decision itself), Resize (its scale inputs must stay float) and any op not liste
 silently run at lower precision."""
 
 FP16_MAX = 65504.0
+CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 
 def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -111,8 +111,8 @@ def config_pbtxt(name: str, platform: str, io: list[TensorSpec], meta: ModelMeta
                   f"  max_queue_delay_microseconds: {options.max_queue_delay_us}", "}"]
     lines += ["instance_group [", "  {", f"    count: {options.instances}",
               f"    kind: {INSTANCE_KINDS[options.instance_kind]}", "  }", "]",
-              "parameters {", f"  key: {_quote(METADATA_KEY)}", f"  value: {{ string_value: {_quote(meta.to_json())} }}",
-              "}"]
+              "parameters {", f"  key: {_quote(METADATA_KEY)}",
+              f"  value: {{ string_value: {_quote(meta.to_json())} }}", "}"]
     return "\n".join(lines) + "\n"
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from edgeseg.cli import main
 from edgeseg.export import onnx_export
-from edgeseg.export.formats import FORMATS, reject_foreign_options, get_format
+from edgeseg.export.formats import FORMATS, get_format, reject_foreign_options
 from edgeseg.export.onnx_export import OnnxOptions, export_onnx
 from edgeseg.runtime.classes import CAMVID, IMAGENET_MEAN, IMAGENET_STD
 from edgeseg.runtime.datasets import open_dataset
