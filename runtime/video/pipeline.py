@@ -195,8 +195,10 @@ class VideoPipeline:
         self.ended_by = "stream-lost"
         return False
 
-    def _read(self) -> np.ndarray | None:
+    def _read(self) -> tuple[np.ndarray | None, float]:
+        """The next frame and the time its successful read began (reconnect waits are not decode time)."""
         while not self._stop.is_set():
+            started = time.perf_counter()
             try:
                 frame = self.source.read()
                 problem = "the stream stopped delivering frames"
@@ -206,10 +208,10 @@ class VideoPipeline:
                 frame, problem = None, f"the stream broke ({err})"
             if frame is not None:
                 self._consecutive_failures = 0
-                return frame
+                return frame, started
             if not self.source.is_live or not self._reopen_source(problem):
-                return None
-        return None
+                break
+        return None, 0.0
 
     def _prepare(self, frame: np.ndarray) -> np.ndarray:
         """Resize the BGR frame once, with the resize ``prepare`` itself would apply, and convert only that copy."""
@@ -222,8 +224,7 @@ class VideoPipeline:
             while not self._stop.is_set():
                 if not self._live and self.max_frames is not None and self.frames_read >= self.max_frames:
                     break
-                started = time.perf_counter()
-                frame = self._read()
+                frame, started = self._read()
                 if frame is None:
                     break
                 decoded = time.perf_counter()
