@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._registry import Tap, register_model
-from .layers import ConvBNAct, global_avg_pool, init_weights, resize_like
+from .layers import ConvBNAct, global_avg_pool, init_classifier, init_weights, resize_like
 
 
 class StemBlock(nn.Module):
@@ -145,6 +145,7 @@ class BiSeNetV2(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
         init_weights(self)
+        init_classifier(self.classifier)
         self.taps = {
             "detail": Tap("detail", 128, 8, "stage"),
             "stage1": Tap("semantic.stem", 16, 4, "stage"),

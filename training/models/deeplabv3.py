@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ._registry import Tap, register_model, stage_taps
-from .layers import ConvBNAct, SeparableConvBNAct, global_avg_pool, init_weights, resize_like
+from .layers import ConvBNAct, SeparableConvBNAct, global_avg_pool, init_classifier, init_weights, resize_like
 from .mobilenet import MobileNetV2
 from .resnet import resnet18, resnet50, resnet101
 
@@ -62,7 +62,7 @@ class DeepLabV3(nn.Module):
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
         init_weights(self.aspp)
         init_weights(self.fuse)
-        init_weights(self.classifier)
+        init_classifier(self.classifier)
         self.taps = {
             **stage_taps(backbone),
             "feature": Tap("fuse", head_channels, output_stride, "feature"),
@@ -102,8 +102,9 @@ class DeepLabV3Plus(nn.Module):
         )
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
-        for module in (self.aspp, self.low_level, self.decoder, self.classifier):
+        for module in (self.aspp, self.low_level, self.decoder):
             init_weights(module)
+        init_classifier(self.classifier)
         decoder_stride = backbone.stage_strides[0]
         self.taps = {
             **stage_taps(backbone),

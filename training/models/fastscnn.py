@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ._registry import Tap, register_model
-from .layers import ConvBNAct, SeparableConvBNAct, adaptive_avg_pool2d, init_weights, resize_like
+from .layers import ConvBNAct, SeparableConvBNAct, adaptive_avg_pool2d, init_classifier, init_weights, resize_like
 from .mobilenet import InvertedResidual
 
 PYRAMID_BINS = (1, 2, 3, 6)
@@ -76,6 +76,7 @@ class FastSCNN(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(128, num_classes, 1)
         init_weights(self)
+        init_classifier(self.classifier)
         self.taps = {
             "stage1": Tap("learning_to_downsample", 64, 8, "stage"),
             "stage2": Tap("global_features.0", 64, 16, "stage"),

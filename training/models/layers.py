@@ -104,6 +104,17 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(layer.bias)
 
 
+def init_classifier(conv: nn.Conv2d) -> None:
+    """Small normal weights (std 0.01) and zero bias for the final 1x1 classifier.
+
+    With Kaiming scale the initial logits reach the hundreds, so the first cross-entropy gradients are huge;
+    near-zero logits start every class at about equal probability instead.
+    """
+    nn.init.normal_(conv.weight, std=0.01)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
 def make_divisible(value: float, divisor: int = 8) -> int:
     """Round a channel count to a multiple of ``divisor`` without going more than 10 % below ``value``.
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ._registry import Tap, register_model, stage_taps
-from .layers import ConvBNAct, global_avg_pool, init_weights, resize_like
+from .layers import ConvBNAct, global_avg_pool, init_classifier, init_weights, resize_like
 from .mobilenet import MobileNetV3Large
 
 
@@ -55,7 +55,8 @@ class LRASPP(nn.Module):
         self.context = ContextGate(backbone.stage_channels[-1], inter_channels)
         self.classifier = TwoScaleClassifier(backbone.stage_channels[1], inter_channels, num_classes)
         init_weights(self.context)
-        init_weights(self.classifier)
+        init_classifier(self.classifier.low_classifier)
+        init_classifier(self.classifier.context_classifier)
         self.taps = {
             **stage_taps(backbone),
             # The gated map is the only learned input of the context classifier; it is hooked before the upsampling

@@ -184,3 +184,7 @@ class MobileNetV3Large(_MobileNetTrunk):
         layers.append(ConvBNAct(160, 960, 1, activation=nn.Hardswish))
         channels.append(960)
         super().__init__(layers, planner, channels)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                # The ImageNet weights of this network were trained with this epsilon; other values shift outputs.
+                module.eps = 1e-3

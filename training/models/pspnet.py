@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ._registry import Tap, register_model, stage_taps
-from .layers import ConvBNAct, adaptive_avg_pool2d, init_weights, resize_like
+from .layers import ConvBNAct, adaptive_avg_pool2d, init_classifier, init_weights, resize_like
 from .resnet import resnet18, resnet101
 
 PYRAMID_BINS = (1, 2, 3, 6)
@@ -57,8 +57,9 @@ class PSPNet(nn.Module):
         self.bottleneck = ConvBNAct(self.pyramid.out_channels, head_channels, 3)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
-        for module in (self.pyramid, self.bottleneck, self.classifier):
-            init_weights(module)
+        init_weights(self.pyramid)
+        init_weights(self.bottleneck)
+        init_classifier(self.classifier)
         self.taps = {
             **stage_taps(backbone),
             "feature": Tap("bottleneck", head_channels, output_stride, "feature"),

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ._registry import Tap, register_model
-from .layers import ConvBNAct, init_weights, resize_like
+from .layers import ConvBNAct, init_classifier, init_weights, resize_like
 
 
 class TinySegNet(nn.Module):
@@ -26,6 +26,7 @@ class TinySegNet(nn.Module):
         self.context = ConvBNAct(channels[2], channels[2], 3, dilation=2)
         self.classifier = nn.Conv2d(channels[2], num_classes, 1)
         init_weights(self)
+        init_classifier(self.classifier)
         self.taps = {
             "stage1": Tap("backbone.0", channels[0], 2, "stage"),
             "stage2": Tap("backbone.1", channels[1], 4, "stage"),
