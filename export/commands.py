@@ -16,6 +16,7 @@ from edgeseg.runtime.errors import ConfigError, DataError
 
 from .formats import (
     CHECK_OPTIONS,
+    DEFAULT_OPSET,
     FORMAT_NAMES,
     GRAPH_OPTIONS,
     format_table,
@@ -25,7 +26,7 @@ from .formats import (
 )
 
 OPTION_DEFAULTS: dict[str, object] = {
-    "size": None, "batch": None, "dynamic": None, "opset": 17, "precision": "fp32", "calib": None,
+    "size": None, "batch": None, "dynamic": None, "opset": DEFAULT_OPSET, "precision": "fp32", "calib": None,
     "calib_split": "train", "calib_images": 32, "calib_method": "minmax", "fuse": "none", "class_dtype": "uint8",
     "check": False, "check_data": None, "check_images": 8, "min_agreement": None, "max_abs_error": None,
     "workspace": 4.0, "timing_cache": None, "min_shape": None, "opt_shape": None, "max_shape": None, "gpu": 0,
@@ -56,7 +57,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     graph.add_argument("--batch", type=int, default=None, metavar="N", help="fixed batch size (default 1)")
     graph.add_argument("--dynamic", default=None, choices=("none", "batch", "hw", "all"),
                        help="dynamic axes (default none; batch for triton)")
-    graph.add_argument("--opset", type=int, default=17, help="ONNX opset (17: read by ORT, OpenCV DNN, TensorRT 10.3)")
+    graph.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                       help=f"ONNX opset ({DEFAULT_OPSET}: read by ONNX Runtime, OpenCV DNN and TensorRT 10.3)")
     graph.add_argument("--precision", default="fp32", metavar="fp32|fp16|int8",
                        help="numeric precision carried by the graph (default fp32)")
     graph.add_argument("--calib", default=None, metavar="DATASET[:ROOT]",
@@ -237,7 +239,9 @@ def run_export(args: argparse.Namespace, log=print) -> int:
     out = Path(args.out) if args.out else None
 
     if fmt == "onnx":
-        _, passed, _ = _export_checkpoint(args, fmt, out, log)
+        result, passed, _ = _export_checkpoint(args, fmt, out, log)
+        if passed:
+            log(f"next: edgeseg eval {result.path} --data camvid   |   edgeseg bench {result.path}")
         return 0 if passed else 1
 
     if fmt == "engine":

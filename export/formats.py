@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 from edgeseg.runtime.errors import ConfigError
 
+DEFAULT_OPSET = 17
+"""The newest opset that ONNX Runtime, OpenCV DNN and TensorRT 10.3 (JetPack 6) all read; see onnx_export."""
+
 # Option groups, by argparse ``dest``. Defaults live in commands.py; validation compares against them.
 GRAPH_OPTIONS = ("size", "batch", "dynamic", "opset", "precision", "calib", "calib_split", "calib_images",
                  "calib_method", "fuse", "class_dtype")

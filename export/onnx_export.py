@@ -33,7 +33,8 @@ from edgeseg.runtime.errors import ConfigError, MetadataError, ModelFormatError
 from edgeseg.runtime.io import atomic_path
 from edgeseg.runtime.metadata import METADATA_KEY, PRECISIONS, ModelMeta
 
-DEFAULT_OPSET = 17
+from .formats import DEFAULT_OPSET
+
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear and Resize-13
 EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript tracer)"
 

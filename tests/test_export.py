@@ -184,7 +184,7 @@ def test_opencv_dnn_runs_the_unfused_graph(tiny, sample_images):
 
 
 def test_real_student_fp32_parity_and_opencv(tmp_path, sample_images, capsys):
-    checkpoint, model = make_checkpoint(tmp_path, "lraspp_mobilenetv3_large")
+    checkpoint, model = make_checkpoint(tmp_path, "fastscnn")
     path = tmp_path / "student.onnx"
     assert main(["export", str(checkpoint), "--out", str(path), "--check", "--check-images", "2"]) == 0
     assert min(agreement_lines(capsys.readouterr().out)) >= 0.999
