@@ -1,8 +1,9 @@
 """Forward hooks that record the outputs of named layers, so distillation never edits a model's code.
 
 Layers are named either by a tap alias the model declares (``stage3``, ``feature``, ``logits``; see
-``edgeseg.training.models.taps_of``) or by any dotted module path (``backbone.layer3.1.conv2``). A wrong name fails
-at start-up with the closest valid names, not hours later.
+``edgeseg.training.models.taps_of``), by ``output`` (the network's final, input-resolution logits), or by any dotted
+module path (``backbone.layer3.1.conv2``). A wrong name fails at start-up with the closest valid names, not hours
+later.
 """
 
 from __future__ import annotations
@@ -14,17 +15,21 @@ from torch import nn
 
 from edgeseg.runtime.errors import ConfigError
 
+OUTPUT_TAP = "output"
+
 
 def resolve_layer(model: nn.Module, name: str) -> str:
     """Turn a tap alias or module path into a module path that exists in ``model``."""
     from ..models import taps_of
 
     taps = taps_of(model)
+    if name == OUTPUT_TAP:
+        return ""  # the root module: its forward output
     path = taps[name].module if name in taps else name
     try:
         model.get_submodule(path)
     except AttributeError:
-        candidates = list(taps) + [n for n, _ in model.named_modules() if n]
+        candidates = [*taps, OUTPUT_TAP] + [n for n, _ in model.named_modules() if n]
         close = difflib.get_close_matches(name, candidates, n=3)
         hint = f"; closest: {', '.join(close)}" if close else ""
         raise ConfigError(f"{type(model).__name__} has no layer or tap named {name!r} (declared taps: "

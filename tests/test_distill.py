@@ -1,0 +1,131 @@
+"""Distillation wiring: hooks, config validation, and tiny end-to-end runs whose student checkpoints stay plain."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeseg.runtime.classes import CAMVID
+from edgeseg.runtime.errors import ConfigError
+from edgeseg.training.checkpoint import load_checkpoint, model_card, save_checkpoint
+from edgeseg.training.config import resolve_config
+from edgeseg.training.distill.hooks import FeatureTaps, resolve_layer
+from edgeseg.training.models import create_model
+from edgeseg.training.trainer import Trainer
+
+from test_training import TINY
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory) -> Path:
+    """An (untrained) tiny teacher checkpoint with the CamVid classes; its weights do not matter for wiring tests."""
+    torch.manual_seed(0)
+    model = create_model("tiny_segnet", num_classes=CAMVID.num_classes)
+    card = model_card(model_name="tiny_segnet", model_kwargs={}, classes=CAMVID, mean=[0.485, 0.456, 0.406],
+                      std=[0.229, 0.224, 0.225], input_size=[90, 120], config={})
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    return save_checkpoint(path, card, model.state_dict())
+
+
+def distill_config(teacher_path, losses, **extra):
+    config = resolve_config(None, [*TINY, "train.iterations=2", "train.val_every=2"])
+    config["distill"] = {"teacher": str(teacher_path), "losses": losses, **extra}
+    return config
+
+
+METHODS = {
+    "kd": [{"name": "kd", "weight": 1.0, "student": ["logits"], "teacher": ["logits"]}],
+    "cwd": [{"name": "cwd", "weight": 3.0, "student": "logits", "params": {"temperature": 4.0}}],
+    "skd_pairwise": [{"name": "skd_pairwise", "weight": 10.0, "student": ["feature"], "teacher": ["feature"]}],
+    "dsd": [{"name": "dsd", "student": ["stage2", "stage3", "feature", "logits"],
+             "teacher": ["stage2", "stage3", "feature", "logits"]}],
+    "csc_ace": [{"name": "csc", "weight": 10.0, "student": ["feature"], "teacher": ["stage3"]},
+                {"name": "ace", "student": ["output"], "teacher": ["output"]}],
+}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_distilled_student_checkpoint_holds_only_student_weights(method, teacher_path, tmp_path):
+    trainer = Trainer(distill_config(teacher_path, METHODS[method]), tmp_path)
+    adapters = sum(p.numel() for p in trainer.distiller.parameters())
+    result = trainer.fit()
+    assert result["iterations"] == 2
+    rows = [row for row in trainer.history if "step_s" in row]
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in rows)
+    assert {spec["name"] for spec in trainer.distiller.specs} <= set(rows[-1])  # each loss is logged
+    card = load_checkpoint(tmp_path / "last.pt")
+    plain = create_model("tiny_segnet", num_classes=11)
+    assert set(card["state_dict"]) == set(plain.state_dict())  # no adapter, no teacher key
+    plain.load_state_dict(card["state_dict"], strict=True)
+    assert sum(v.numel() for v in card["state_dict"].values()) == sum(v.numel() for v in plain.state_dict().values())
+    if adapters:  # the adapters' weights are kept only in the resumable training state
+        assert card["train_state"]["distiller"]
+    # hooks are gone after the run: a fresh forward records nothing
+    assert not any(module._forward_hooks for module in trainer.model.modules())
+    assert not any(module._forward_hooks for module in trainer.distiller.teacher.modules())
+
+
+def test_teacher_is_frozen_and_in_eval_mode(teacher_path, tmp_path):
+    trainer = Trainer(distill_config(teacher_path, METHODS["kd"]), tmp_path)
+    before = {k: v.clone() for k, v in trainer.distiller.teacher.state_dict().items()}
+    trainer.fit()
+    teacher = trainer.distiller.teacher
+    assert not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    for key, value in teacher.state_dict().items():  # BN running stats included: eval mode never updates them
+        assert torch.equal(value, before[key]), key
+
+
+def test_knowledge_adaptation_trains_and_caches_its_autoencoder(teacher_path, tmp_path, capsys):
+    losses = [{"name": "ka", "student": ["feature"], "teacher": ["feature"], "params": {"latent_channels": 16}}]
+    cache = tmp_path / "cache"
+    auto = {"iterations": 3, "batch_size": 2, "cache_dir": str(cache)}
+    Trainer(distill_config(teacher_path, losses, autoencoder=auto), tmp_path / "a").fit()
+    assert "training" in capsys.readouterr().out
+    cached = list(cache.glob("*.pt"))
+    assert len(cached) == 1 and "tiny_segnet" in cached[0].name and "feature" in cached[0].name
+    trainer = Trainer(distill_config(teacher_path, losses, autoencoder=auto), tmp_path / "b")
+    assert "loaded from" in capsys.readouterr().out
+    encoder_params = {id(p) for p in trainer.distiller.criteria[0].encoder.parameters()}
+    assert not encoder_params & {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    trainer.fit()
+    assert set(load_checkpoint(tmp_path / "b" / "last.pt")["state_dict"]) == \
+        set(create_model("tiny_segnet", num_classes=11).state_dict())
+
+
+def test_config_errors_name_the_problem(teacher_path, tmp_path):
+    with pytest.raises(ConfigError, match="no layer or tap named 'featur'.*closest: feature"):
+        Trainer(distill_config(teacher_path, [{"name": "kd", "student": ["featur"]}]), tmp_path / "a")
+    with pytest.raises(ConfigError, match="unknown keys"):
+        Trainer(distill_config(teacher_path, [{"name": "kd", "wieght": 2}]), tmp_path / "b")
+    with pytest.raises(ConfigError, match="pairs 2 student layers with 1"):
+        Trainer(distill_config(teacher_path, [{"name": "psd", "student": ["stage2", "stage3"],
+                                               "teacher": ["stage3"]}]), tmp_path / "c")
+    with pytest.raises(ConfigError, match="distill loss 'nope'"):
+        Trainer(distill_config(teacher_path, [{"name": "nope"}]), tmp_path / "d")
+    with pytest.raises(ConfigError, match="empty"):
+        Trainer(distill_config(teacher_path, []), tmp_path / "e")
+
+
+def test_teacher_with_other_classes_is_refused(tmp_path):
+    model = create_model("tiny_segnet", num_classes=3)
+    from edgeseg.runtime.classes import ClassSpec
+
+    spec = ClassSpec("toy", ("a", "b", "c"), ((0, 0, 0), (1, 1, 1), (2, 2, 2)))
+    card = model_card(model_name="tiny_segnet", model_kwargs={}, classes=spec, mean=[0, 0, 0], std=[1, 1, 1],
+                      input_size=[64, 64], config={})
+    path = save_checkpoint(tmp_path / "toy.pt", card, model.state_dict())
+    with pytest.raises(ConfigError, match="predicts"):
+        Trainer(distill_config(path, METHODS["kd"]), tmp_path / "run")
+
+
+def test_feature_taps_record_and_remove_hooks():
+    model = create_model("tiny_segnet", num_classes=5).eval()
+    assert resolve_layer(model, "feature") == "context"
+    assert resolve_layer(model, "output") == ""
+    with FeatureTaps(model, ["stage2", "logits", "output", "backbone.0"]) as taps:
+        out = model(torch.zeros(1, 3, 64, 64))
+        stage2, logits, output, first = taps.take(["stage2", "logits", "output", "backbone.0"])
+        assert stage2.shape == (1, 32, 16, 16) and logits.shape == (1, 5, 8, 8)
+        assert torch.equal(output, out) and first.shape[1] == 16
+    assert not any(module._forward_hooks for module in model.modules())
