@@ -400,6 +400,22 @@ def test_ctrl_c_stops_cleanly_and_finalises_the_output(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_truncated_file_ends_with_a_warning(tmp_path):
+    """A file cut short still gives the frames it has, and the run says how many the header promised."""
+    whole = tmp_path / "whole.avi"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, FRAME_SIZE[::-1])
+    noise = np.random.default_rng(0)
+    for _ in range(20):
+        writer.write(noise.integers(0, 256, (*FRAME_SIZE, 3), dtype=np.uint8))
+    writer.release()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    messages: list[str] = []
+    summary = VideoPipeline(FakeSegmenter(), open_source(str(cut)), [ListSink()], log=quiet_log(messages)).run()
+    assert 0 < summary["frames"] < 20 and summary["ended_by"] == "end"
+    assert len(messages) == 1 and f"read {summary['frames']} of the 20 frames" in messages[0]
+
+
 def test_max_frames_stops_early(tmp_path):
     out_dir = tmp_path / "frames"
     source = open_source(str(write_video(tmp_path / "in.mp4", 20)))
