@@ -197,7 +197,8 @@ def test_bad_source_uris_name_the_uri_and_list_the_forms(uri, fragment):
         parse_source(uri)
     message = str(caught.value)
     assert fragment in message and repr(uri) in message
-    assert "csi://0" in message and "rtsp://" in message  # the accepted forms follow
+    assert "csi://0" in message and "rtsp://" in message  # the accepted forms follow...
+    assert "\n" not in message  # ...on the one line the CLI prints
 
 
 def test_gstreamer_pipelines_are_built_without_opening_anything():

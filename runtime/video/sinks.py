@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import VideoSourceError
 from ..io import write_bytes_atomic
-from .uri import IMAGE_SUFFIXES
+from .uri import IMAGE_SUFFIXES, forms_in_one_line
 
 # Container suffix -> FourCC codes to try in order. mp4v works with every pip OpenCV; avc1 (H.264) plays in
 # browsers but needs an OpenCV whose FFmpeg has an H.264 encoder, which the pip wheels lack.
@@ -230,4 +230,5 @@ def open_sink(target: str, *, fps: float | None = None, expected_frames: int | N
         return ImageFileSink(path)
     if path.is_dir() or not suffix or text.endswith(("/", os.sep)):
         return ImageSequenceSink(path / "%06d.png")
-    raise VideoSourceError(f"cannot tell what kind of output {target!r} is. Accepted outputs:\n{SINK_FORMS}")
+    raise VideoSourceError(f"cannot tell what kind of output {target!r} is. Accepted outputs: "
+                           f"{forms_in_one_line(SINK_FORMS)}")

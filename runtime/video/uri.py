@@ -53,8 +53,15 @@ class SourceSpec:
         return self.kind in ("v4l2", "csi", "stream")
 
 
+def forms_in_one_line(forms: str) -> str:
+    """The example column of a forms table, joined into one line for an error message."""
+    examples = [line.strip().split("  ")[0] for line in forms.splitlines() if not line.startswith("   ")]
+    return "; ".join(examples)
+
+
 def _unknown(uri: str, why: str) -> VideoSourceError:
-    return VideoSourceError(f"{why}: {uri!r}. Accepted sources:\n{SOURCE_FORMS}")
+    return VideoSourceError(f"{why}: {uri!r}. Accepted sources: {forms_in_one_line(SOURCE_FORMS)} "
+                            "(edgeseg video --help explains each)")
 
 
 def _camera_index(text: str, uri: str) -> int:
