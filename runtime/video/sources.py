@@ -65,6 +65,12 @@ class CaptureSource(VideoSource):
 
     The first frame is decoded at construction, so a file that opens but holds no decodable video fails here
     with a clear message instead of producing an empty run.
+
+    Args:
+        capture: The capture, opened or not.
+        uri: The source as the user named it.
+        is_live: Whether this kind of source runs in real time; a URL with a known frame count is taken as a file.
+        failure: Message of the error raised when the capture is not open or yields no frame.
     """
 
     def __init__(self, capture: cv2.VideoCapture, uri: str, *, is_live: bool, failure: str):
