@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -133,13 +134,13 @@ def create_model(name: str, num_classes: int, **options) -> nn.Module:
         ValueError: ``num_classes`` below 1, or an option value the model cannot use.
     """
     builder = _lookup(name)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     accepted = [p for p in inspect.signature(builder).parameters if p != "num_classes"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(f"model {name!r} has no option(s) {unknown}; its options are {accepted}")
-    return builder(num_classes=num_classes, **options)
+    return builder(num_classes=int(num_classes), **options)
 
 
 def taps_of(model: nn.Module) -> dict[str, Tap]:
