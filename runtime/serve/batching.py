@@ -2,7 +2,7 @@
 
 The event loop never runs a network: handlers put decoded images on a bounded queue and await a future. Each worker
 owns one Segmenter (its own session), takes the first waiting image, then keeps collecting for at most
-``max_wait_ms`` or until ``max_batch`` images are in hand, and runs them through ``prepare -> run -> finish`` at once.
+``max_wait_ms`` (counted from when that image was queued) or until ``max_batch`` images are in hand, and runs them through ``prepare -> run -> finish`` at once.
 A batch of eight small images costs far less than eight calls of one on most backends, so under load throughput
 rises while an idle server answers a lone request after at most ``max_wait_ms`` of extra delay.
 """
@@ -155,9 +155,14 @@ class BatchingQueue:
         }
 
     def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
-        """The first job plus whatever else arrives within the wait; also says whether a stop signal came."""
+        """The first job plus whatever else arrives within the wait; also says whether a stop signal came.
+
+        The wait counts from when the first job was queued, not from when a worker took it: under load, jobs have
+        already waited while the worker was busy, so the batch runs at once with what is there instead of leaving
+        the worker idle. ``max_wait_ms`` thus bounds the delay that batching adds to any request.
+        """
         jobs = [first]
-        deadline = time.perf_counter() + self.max_wait_s
+        deadline = first.enqueued + self.max_wait_s
         while len(jobs) < self.max_batch:
             remaining = deadline - time.perf_counter()
             try:
