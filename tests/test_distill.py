@@ -129,3 +129,21 @@ def test_feature_taps_record_and_remove_hooks():
         assert stage2.shape == (1, 32, 16, 16) and logits.shape == (1, 5, 8, 8)
         assert torch.equal(output, out) and first.shape[1] == 16
     assert not any(module._forward_hooks for module in model.modules())
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_configs_resolve_and_their_losses_build(path):
+    from edgeseg.training.distill.distiller import Distiller
+    from edgeseg.training.distill.losses import build_loss
+    from edgeseg.training.models import taps_of
+
+    config = resolve_config(path)
+    student = create_model(config["model"]["name"], num_classes=11, **config["model"]["kwargs"])
+    for index, spec in enumerate((config.get("distill") or {}).get("losses", [])):
+        spec = Distiller._check_spec(spec, index)
+        taps = taps_of(student)
+        channels = [taps[name].channels if name in taps else 11 for name in spec["student"]]
+        build_loss(spec["name"], student_channels=channels, teacher_channels=channels, **spec["params"])

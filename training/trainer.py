@@ -284,10 +284,19 @@ class Trainer:
                                      f"check the distillation weights")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.distributed and self.distiller is not None:
+            self._average_adapter_gradients()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
+
+    def _average_adapter_gradients(self) -> None:
+        """DDP averages the student's gradients; the distillation adapters live outside it and need the same."""
+        for param in self.distiller.parameters():
+            if param.grad is not None:
+                dist.all_reduce(param.grad)
+                param.grad /= self.world
 
     @torch.no_grad()
     def validate(self, limit: int | None = None) -> dict:

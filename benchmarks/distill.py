@@ -1,0 +1,259 @@
+"""Distillation sweep: the plain student and the student under each method, same data, iterations and seeds.
+
+Trains every (method, seed) pair of a protocol in ``configs/distill/<protocol>/``, scores each final checkpoint on
+the validation split, measures the step time of every method against the plain student in one timing pass (the
+methods interleaved with plain runs, so machine load affects both alike), and writes
+``benchmarks/results/distill_<name>.{md,json}``.
+
+Resumable: a finished run (``metrics.json`` present) is skipped, an interrupted one resumes from its ``last.pt``.
+Spread a long sweep over several sittings by running the same command again.
+
+    python benchmarks/distill.py --protocol camvid_cpu --teacher runs/teacher_r50/best.pt --seeds 0 1
+    python benchmarks/distill.py --protocol camvid_cpu --teacher runs/teacher_r50/best.pt --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ALL_METHODS = ["plain", "kd", "cwd", "skd_pairwise", "dsd", "ka", "csc_ace"]
+PAPER_METHODS = {"dsd": "DSD (Feng et al., TIP 2021)", "ka": "Knowledge Adaptation (He et al., CVPR 2019)",
+                 "csc_ace": "CSC + ACE (Park & Heo, Sensors 2020)"}
+
+
+def config_path(protocol: str, method: str) -> Path:
+    path = REPO / "configs" / "distill" / protocol / f"{method}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"no config {path}; run benchmarks/make_distill_configs.py")
+    return path
+
+
+def overrides(teacher: str, seed: int, method: str) -> list[str]:
+    sets = [f"train.seed={seed}"]
+    if method != "plain":
+        sets.append(f"distill.teacher={teacher}")
+    return sets
+
+
+def run_training(protocol: str, method: str, seed: int, teacher: str, runs: Path) -> dict:
+    """Train one (method, seed) pair unless it finished already; resume it if it was interrupted."""
+    out = runs / f"{method}_s{seed}"
+    done = out / "metrics.json"
+    if done.is_file():
+        print(f"[skip] {method} seed {seed}: finished ({out})", flush=True)
+        return json.loads(done.read_text())
+    command = [sys.executable, "-m", "edgeseg.cli", "train"]
+    if (out / "last.pt").is_file():
+        command += ["--resume", str(out)]
+        print(f"[resume] {method} seed {seed} from {out / 'last.pt'}", flush=True)
+    else:
+        command += [str(config_path(protocol, method)), "--out", str(out)]
+        print(f"[train] {method} seed {seed} -> {out}", flush=True)
+    for item in overrides(teacher, seed, method):
+        command += ["--set", item]
+    subprocess.run(command, check=True, cwd=REPO)
+    return json.loads(done.read_text())
+
+
+def time_method(protocol: str, method: str, teacher: str, steps: int, warmup: int) -> dict:
+    """Median step time and peak memory of one method, measured in this (fresh) process."""
+    import torch
+
+    from edgeseg.training.config import resolve_config
+    from edgeseg.training.trainer import Trainer
+
+    config = resolve_config(config_path(protocol, method), overrides(teacher, 0, method))
+    config["data"]["workers"] = 0  # time the step, not the loader
+    if config.get("distill") and "autoencoder" in config["distill"]:
+        config["distill"]["autoencoder"]["iterations"] = 1  # the timing pass needs a frozen encoder, not a good one
+        config["distill"]["autoencoder"]["cache_dir"] = str(REPO / "runs" / "timing_autoencoders")
+    trainer = Trainer(config, REPO / "runs" / "timing" / method)
+    batches = trainer._batches()
+    cuda = trainer.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(trainer.device)
+    times = []
+    for step in range(warmup + steps):
+        images, labels = next(batches)
+        started = time.perf_counter()
+        trainer.train_step(images, labels)
+        if cuda:
+            torch.cuda.synchronize(trainer.device)
+        if step >= warmup:
+            times.append(time.perf_counter() - started)
+    if trainer.distiller is not None:
+        trainer.distiller.close()
+    peak = (torch.cuda.max_memory_allocated(trainer.device) / 2**20 if cuda
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"method": method, "step_s": statistics.median(times), "peak_mem_mb": peak,
+            "peak_mem_kind": "cuda max allocated" if cuda else "process max RSS", "device": str(trainer.device)}
+
+
+def timing_pass(args) -> dict[str, dict]:
+    """Each method's step time relative to plain runs measured right before and after it."""
+    results: dict[str, dict] = {}
+    plain_times: list[float] = []
+
+    def measure(method: str) -> dict:
+        command = [sys.executable, __file__, "--time-method", method, "--protocol", args.protocol,
+                   "--teacher", args.teacher, "--timing-steps", str(args.timing_steps)]
+        output = subprocess.run(command, check=True, cwd=REPO, capture_output=True, text=True).stdout
+        return json.loads(output.strip().splitlines()[-1])
+
+    previous_plain = measure("plain")
+    plain_times.append(previous_plain["step_s"])
+    results["plain"] = previous_plain
+    for method in [m for m in args.methods if m != "plain"]:
+        row = measure(method)
+        next_plain = measure("plain")
+        plain_times.append(next_plain["step_s"])
+        row["plain_step_s"] = (previous_plain["step_s"] + next_plain["step_s"]) / 2
+        row["step_time_ratio"] = row["step_s"] / row["plain_step_s"]
+        results[method] = row
+        previous_plain = next_plain
+        print(f"[time] {method}: {row['step_s']:.2f} s/step, {row['step_time_ratio']:.2f}x plain", flush=True)
+    results["plain"]["step_s"] = statistics.median(plain_times)
+    results["plain"]["step_time_ratio"] = 1.0
+    return results
+
+
+def teacher_miou(teacher: str, dataset: str) -> dict:
+    import edgeseg.training.inference  # noqa: F401  (registers the .pt backend)
+    from edgeseg.runtime.datasets import open_dataset
+    from edgeseg.runtime.evaluate import evaluate
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.training.checkpoint import load_checkpoint
+
+    card = load_checkpoint(teacher)
+    with Segmenter.load(teacher) as segmenter:
+        result = evaluate(segmenter, open_dataset(dataset, "val"))
+    return {"model": card["model"]["name"], "kwargs": card["model"]["kwargs"], "checkpoint": teacher,
+            "miou": result["miou"], "trained_with": card["config"].get("name")}
+
+
+def machine() -> str:
+    from edgeseg.runtime.sysinfo import describe_machine
+
+    info = describe_machine()
+    gpus = ", ".join(g.get("name", "?") for g in info.get("gpus", [])) or "no GPU"
+    return f"{info.get('cpu', platform.processor())}, {info.get('cores')} cores, {gpus}, {platform.system()}"
+
+
+def summarize(args, runs: Path, timings: dict | None, teacher: dict) -> dict:
+    from edgeseg.training.config import resolve_config
+
+    student = resolve_config(config_path(args.protocol, "plain"))["model"]
+    rows, per_seed = [], {}
+    for method in args.methods:
+        scores = []
+        for seed in args.seeds:
+            metrics = runs / f"{method}_s{seed}" / "metrics.json"
+            if metrics.is_file():
+                scores.append(json.loads(metrics.read_text())["final"]["miou"])
+        per_seed[method] = scores
+        rows.append({"method": method, "miou_mean": statistics.fmean(scores) if scores else None,
+                     "miou_std": statistics.stdev(scores) if len(scores) > 1 else (0.0 if scores else None),
+                     "seeds": len(scores)})
+    plain = next(r for r in rows if r["method"] == "plain")
+    for row in rows:
+        row["gain"] = (row["miou_mean"] - plain["miou_mean"]
+                       if row["miou_mean"] is not None and plain["miou_mean"] is not None else None)
+        timing = (timings or {}).get(row["method"], {})
+        row["step_time_ratio"] = timing.get("step_time_ratio")
+        row["step_s"] = timing.get("step_s")
+        row["peak_mem_mb"] = timing.get("peak_mem_mb")
+    return {"machine": machine(), "protocol": args.protocol, "teacher": teacher,
+            "student": {"model": student["name"], "kwargs": student["kwargs"]}, "seeds": args.seeds,
+            "rows": rows, "per_seed_miou": per_seed,
+            "memory_kind": next((t.get("peak_mem_kind") for t in (timings or {}).values()), None),
+            "command": " ".join(["python", "benchmarks/distill.py", *sys.argv[1:]])}
+
+
+def _pct(value, signed=False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+
+
+def to_markdown(summary: dict) -> str:
+    teacher = summary["teacher"]
+    lines = [
+        f"# Distillation on CamVid val, protocol `{summary['protocol']}`", "",
+        f"- machine: {summary['machine']}",
+        f"- teacher: {teacher['model']} {teacher.get('kwargs') or ''} ({teacher['checkpoint']}), val mIoU "
+        f"{_pct(teacher['miou'])}",
+        f"- student: {summary['student']['model']} {summary['student']['kwargs'] or ''}",
+        f"- seeds: {summary['seeds']}; configs: `configs/distill/{summary['protocol']}/<method>.yaml`",
+        f"- command: `{summary['command']}`", "",
+        "mIoU in percent, mean ± std over seeds, each run's final checkpoint; gain against the plain student; step "
+        "time relative to the plain student, measured in one interleaved timing pass; peak memory = "
+        f"{summary.get('memory_kind') or 'n/a'} of a training process.", "",
+        "| method | paper | mIoU | ± | seeds | gain | step time | peak MB |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in summary["rows"]:
+        ratio = f"{row['step_time_ratio']:.2f}x" if row["step_time_ratio"] is not None else "n/a"
+        memory = f"{row['peak_mem_mb']:.0f}" if row["peak_mem_mb"] is not None else "n/a"
+        lines.append(f"| {row['method']} | {PAPER_METHODS.get(row['method'], 'baseline')} | "
+                     f"{_pct(row['miou_mean'])} | {_pct(row['miou_std'])} | {row['seeds']} | "
+                     f"{_pct(row['gain'], signed=True) if row['method'] != 'plain' else '—'} | {ratio} | {memory} |")
+    lines += ["", "Per-seed mIoU: " + "; ".join(f"{m}: {', '.join(_pct(s) for s in v) or 'none'}"
+                                               for m, v in summary["per_seed_miou"].items()), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", default="camvid_cpu", help="folder under configs/distill (default camvid_cpu)")
+    parser.add_argument("--teacher", required=True, help="teacher checkpoint (overrides the configs' distill.teacher)")
+    parser.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--runs", type=Path, help="run folders (default runs/distill_<protocol>)")
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "distill_camvid",
+                        help="output path without suffix (.md and .json are written)")
+    parser.add_argument("--timing-steps", type=int, default=6, help="timed steps per method (after 2 warm-up)")
+    parser.add_argument("--skip-timing", action="store_true", help="reuse the timing stored in the results JSON")
+    parser.add_argument("--report-only", action="store_true", help="write the tables from finished runs only")
+    parser.add_argument("--time-method", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.time_method:
+        print(json.dumps(time_method(args.protocol, args.time_method, args.teacher, args.timing_steps, 2)))
+        return
+    if "plain" not in args.methods:
+        args.methods = ["plain", *args.methods]
+    runs = args.runs or REPO / "runs" / f"distill_{args.protocol}"
+    if not args.report_only:
+        for seed in args.seeds:  # all methods for one seed first, so a cut-short sweep still compares them all
+            for method in args.methods:
+                run_training(args.protocol, method, seed, args.teacher, runs)
+    from edgeseg.training.config import resolve_config
+
+    dataset = resolve_config(config_path(args.protocol, "plain"))["data"]["dataset"]
+    previous = args.results.with_suffix(".json")
+    timings = None
+    if args.skip_timing or args.report_only:
+        if previous.is_file():
+            old = json.loads(previous.read_text())
+            timings = {row["method"]: row for row in old["rows"] if row.get("step_time_ratio") is not None}
+    else:
+        timings = timing_pass(args)
+    summary = summarize(args, runs, timings, teacher_miou(args.teacher, dataset))
+    from edgeseg.runtime.io import write_json_atomic, write_text_atomic
+
+    write_json_atomic(args.results.with_suffix(".json"), summary)
+    write_text_atomic(args.results.with_suffix(".md"), to_markdown(summary))
+    print(to_markdown(summary))
+
+
+if __name__ == "__main__":
+    main()
