@@ -1,11 +1,13 @@
 """Load test of ``edgeseg serve``: throughput and latency without and with dynamic batching.
 
-For each server configuration (by default ``--max-batch 1`` and ``--max-batch 8 --max-wait-ms 5``) the script starts
-``edgeseg serve`` on 127.0.0.1 with an OS-chosen port, sends a bounded number of ``POST /v1/segment`` requests with a
-fixed number in flight (asyncio + httpx), and stops the server. Configurations alternate over ``--rounds`` so that a
-slow spell of a shared machine does not land on one of them only. Every request asks for the PNG class map of the
-same 360x480 CamVid JPEG; throughput counts completed requests per wall-clock second, latency is measured by the
-client from sending to the last byte. Results go to ``benchmarks/results/serve_load.{md,json}``.
+The script starts one ``edgeseg serve`` per configuration (by default ``--max-batch 1`` and ``--max-batch 8
+--max-wait-ms 5``) on 127.0.0.1 with OS-chosen ports, then sends each a bounded number of ``POST /v1/segment``
+requests with a fixed number in flight (asyncio + httpx), alternating between them over ``--rounds`` so that a slow
+spell of a shared machine does not land on one configuration only, and stops the servers at the end. Every request
+asks for the PNG class map of the same 360x480 CamVid JPEG; throughput counts completed requests per wall-clock
+second, latency is measured by the client from sending to the last byte, and the server's CPU time per request is
+read from /proc (unlike throughput, it hardly depends on what else the machine is running). Results go to
+``benchmarks/results/serve_load.{md,json}``.
 
 The model: ``--model PATH`` serves that file. Without it the script builds a real student (``--student``, default
 Fast-SCNN, freshly initialised: speed does not depend on the weights), saves an edgeseg checkpoint and exports it with
@@ -142,7 +144,7 @@ async def load(server: Server, body: bytes, requests: int, concurrency: int, tim
         cpu_before = server.cpu_seconds()
         started = time.perf_counter()
         tasks = [asyncio.create_task(one()) for _ in range(requests)]
-        done, pending = await asyncio.wait(tasks, timeout=time_limit_s)
+        _, pending = await asyncio.wait(tasks, timeout=time_limit_s)
         for task in pending:
             task.cancel()
         wall = time.perf_counter() - started
@@ -204,7 +206,9 @@ def write_report(result: dict) -> None:
                      f"| {row['server_cpu_ms_per_request']} | {row['errors']} | {row['mean_batch_size']} |")
     lines += [
         "",
-        f"Dynamic batching / no batching throughput: **{batched['throughput_rps'] / baseline['throughput_rps']:.2f}x**.",
+        "Dynamic batching / no batching: throughput "
+        f"**{batched['throughput_rps'] / baseline['throughput_rps']:.2f}x**, server CPU per request "
+        f"**{batched['server_cpu_ms_per_request'] / baseline['server_cpu_ms_per_request']:.2f}x**.",
         "",
         "Every run:",
         "",
@@ -255,19 +259,24 @@ def main() -> int:
         with open("/proc/loadavg") as handle:
             load_average = handle.read().split()[0]
         runs = []
-        for round_index in range(1, args.rounds + 1):
+        # Both servers stay up for the whole benchmark (an idle one sleeps), so that the runs of the two
+        # configurations alternate closely in time and share the machine's good and bad spells alike.
+        servers = {}
+        try:
             for name, flags in CONFIGS.items():
-                server = Server(model, flags)
-                try:
-                    run = asyncio.run(load(server, body, args.requests, args.concurrency, args.time_limit))
-                finally:
-                    server.stop()
-                run.update(config=name, round=round_index)
-                runs.append(run)
-                print(f"round {round_index} {name:>16}: {run['throughput_rps']:7.2f} req/s, p50 {run['p50_ms']} ms, "
-                      f"p99 {run['p99_ms']} ms, server CPU {run['server_cpu_ms_per_request']} ms/req, "
-                      f"errors {run['errors']}, "
-                      f"mean batch {run['server_images'] / max(1, run['server_batches']):.2f}", flush=True)
+                servers[name] = Server(model, flags)
+            for round_index in range(1, args.rounds + 1):
+                for name in CONFIGS:
+                    run = asyncio.run(load(servers[name], body, args.requests, args.concurrency, args.time_limit))
+                    run.update(config=name, round=round_index)
+                    runs.append(run)
+                    print(f"round {round_index} {name:>16}: {run['throughput_rps']:7.2f} req/s, p50 {run['p50_ms']} "
+                          f"ms, p99 {run['p99_ms']} ms, server CPU {run['server_cpu_ms_per_request']} ms/req, "
+                          f"errors {run['errors']}, "
+                          f"mean batch {run['server_images'] / max(1, run['server_batches']):.2f}", flush=True)
+        finally:
+            for server in servers.values():
+                server.stop()
         result = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "requests": args.requests,

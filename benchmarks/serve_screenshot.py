@@ -26,7 +26,7 @@ import httpx
 from edgeseg.runtime.io import write_bytes_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import Server, build_student  # noqa: E402  (a sibling script, not a package)
+from serve_load import Server, build_student  # a sibling script, imported after the path is set
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = Path("/work/shared/data/video/solidWhiteRight.mp4")

@@ -341,7 +341,7 @@ class CountingSource:
 
 def frame_value(part: bytes) -> int:
     jpeg = part[part.index(b"\r\n\r\n") + 4:-2]
-    return int(round(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE).mean()))
+    return round(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE).mean())
 
 
 def test_slow_viewer_skips_to_the_newest_frame_and_the_pipeline_stops_when_idle():

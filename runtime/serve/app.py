@@ -16,9 +16,9 @@ import math
 import struct
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -207,7 +207,7 @@ class SegmentOptions:
 def parse_segment_query(params) -> SegmentOptions:
     """Check the query of ``POST /v1/segment``: unknown keys, repeated keys and bad values are 400 errors."""
     values: dict[str, str] = {}
-    for key in params.keys():
+    for key in params:
         if key not in SEGMENT_QUERY:
             raise ApiError(400, f"unknown query parameter {key!r}; accepted: {', '.join(SEGMENT_QUERY)}")
         given = params.getlist(key)
@@ -436,7 +436,7 @@ def create_app(segmenters, config: ServeConfig | None = None, metrics: ServeMetr
                                                              config.request_timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(504, f"inference did not finish within {config.request_timeout_s:g} s") from None
-        except Exception as err:  # noqa: BLE001 - the model failed on this image; the worker lives on
+        except Exception as err:  # the model failed on this image; the worker lives on
             logger.error("inference failed", exc_info=err)
             raise ApiError(500, f"inference failed: {type(err).__name__}: {err}") from None
         headers = {"X-Batch-Size": str(result.batch_size), "X-Inference-Ms": f"{result.inference_ms:.2f}"}

@@ -1,10 +1,11 @@
 """Dynamic batching: inference worker threads that gather concurrent requests into one network call.
 
 The event loop never runs a network: handlers put decoded images on a bounded queue and await a future. Each worker
-owns one Segmenter (its own session), takes the first waiting image, then keeps collecting for at most
-``max_wait_ms`` (counted from when that image was queued) or until ``max_batch`` images are in hand, and runs them through ``prepare -> run -> finish`` at once.
-A batch of eight small images costs far less than eight calls of one on most backends, so under load throughput
-rises while an idle server answers a lone request after at most ``max_wait_ms`` of extra delay.
+owns one Segmenter (its own session), takes the first waiting image, then keeps collecting until ``max_batch``
+images are in hand or ``max_wait_ms`` have passed since that first image was queued, and runs them through
+``prepare -> run -> finish`` at once. On a GPU a batch of eight costs little more than one image, so under load
+throughput rises; on a CPU only the per-call overheads are shared (see ``benchmarks/results/serve_load.md``). An
+idle server answers a lone request after at most ``max_wait_ms`` of extra delay.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -190,7 +191,7 @@ class BatchingQueue:
                     groups.setdefault(_size_key(segmenter, job.image), []).append(job)
                 for group in groups.values():
                     self._run_group(segmenter, group)
-            except Exception as err:  # noqa: BLE001 - the worker outlives any request
+            except Exception as err:  # the worker outlives any request
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(err)
@@ -200,7 +201,7 @@ class BatchingQueue:
         images = [job.image for job in jobs]
         try:
             maps = segmenter.finish(segmenter.run(segmenter.prepare(images)), [image.shape[:2] for image in images])
-        except Exception as err:  # noqa: BLE001 - any failure must reach the waiting requests, never kill the worker
+        except Exception as err:  # any failure must reach the waiting requests, never kill the worker
             if len(jobs) > 1:
                 # Run them one by one so that a single image the network rejects does not fail its neighbours.
                 for job in jobs:

@@ -49,8 +49,8 @@ def _port(text: str) -> int:
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     from ..backends import BACKEND_NAMES
 
-    parser.add_argument("model", help="model to serve: .onnx, .engine/.plan (+ .json sidecar), .pt, or "
-                                      "triton://host:port/model")
+    parser.add_argument("model", metavar="MODEL",
+                        help="model to serve: .onnx, .engine/.plan (+ .json sidecar), .pt, or triton://host:port/model")
     parser.add_argument("--host", default=LOOPBACK,
                         help="address to listen on (default %(default)s: this machine only; the service has no "
                              "authentication, so expose it only behind something that has)")
@@ -58,21 +58,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", metavar="URI",
                         help="video for the live stream at /v1/stream and on the page: a file (looped), camera, "
                              "RTSP/HTTP stream or image folder, in any form 'edgeseg video' accepts")
-    parser.add_argument("--workers", type=_positive_int, default=1,
+    parser.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                         help="inference threads, each with its own model session (default %(default)s)")
-    parser.add_argument("--max-batch", type=_positive_int, default=8,
+    parser.add_argument("--max-batch", type=_positive_int, default=8, metavar="N",
                         help="most images per network call when the model has a dynamic batch axis; 1 turns "
                              "dynamic batching off (default %(default)s)")
-    parser.add_argument("--max-wait-ms", type=_non_negative_float, default=5.0,
+    parser.add_argument("--max-wait-ms", type=_non_negative_float, default=5.0, metavar="MS",
                         help="how long a worker waits for more requests to fill a batch (default %(default)s)")
-    parser.add_argument("--max-image-mb", type=_positive_float, default=20.0,
+    parser.add_argument("--max-image-mb", type=_positive_float, default=20.0, metavar="MB",
                         help="largest request body in MiB (default %(default)s)")
     parser.add_argument("--size", metavar="HxW",
                         help="network input size for a model exported with dynamic height and width; without it "
                              "each image runs at its own size rounded to 32")
     parser.add_argument("--backend", default="auto", choices=BACKEND_NAMES, help="inference backend")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or tensorrt[:N] (default auto)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours on the stream")
+    parser.add_argument("--alpha", type=float, default=0.5, metavar="A",
+                        help="opacity of the class colours on the stream (default %(default)s)")
     parser.add_argument("--access-log", action="store_true", help="log every request (off: it costs throughput)")
     parser.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
                         help="uvicorn's log level (default %(default)s)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 import cv2
 import numpy as np
@@ -194,7 +194,7 @@ class StreamHub:
                 if source is None:
                     try:
                         source = self._open_source(self.uri)
-                    except Exception as err:  # noqa: BLE001 - reported on the page and in /v1/stats, then retried
+                    except Exception as err:  # reported on the page and in /v1/stats, then retried
                         self.last_error = f"cannot open {self.uri}: {err}"
                         self._wait(retry)
                         retry = min(self.max_retry_s, retry * 2)
@@ -204,7 +204,7 @@ class StreamHub:
                 started = time.perf_counter()
                 try:
                     frame = source.read()
-                except Exception as err:  # noqa: BLE001 - a broken stream is reopened, not fatal
+                except Exception as err:  # a broken stream is reopened, not fatal
                     self.last_error = f"reading {self.uri} failed: {err}"
                     frame = None
                 if frame is None:
@@ -221,7 +221,7 @@ class StreamHub:
                 frames_since_open += 1
                 try:
                     jpeg = self._render(frame)
-                except Exception as err:  # noqa: BLE001 - e.g. a full inference queue: skip this frame
+                except Exception as err:  # e.g. a full inference queue: skip this frame
                     self.last_error = f"{type(err).__name__}: {err}"
                     self._wait(self.retry_s)
                     continue
