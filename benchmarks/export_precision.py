@@ -10,7 +10,8 @@ Two jobs, each writing a Markdown table with its command and machine next to a J
     load from other processes hits all three alike. -> ``benchmarks/results/export_precision.{md,json}``
 
 ``python benchmarks/export_precision.py --all-students [--checkpoint-dir DIR]``
-    For every student in the zoo (a trained ``DIR/<name>.pt`` when present, else random initialisation), exports
+    For every student in the zoo (a trained ``DIR/<name>.pt`` when present, else random weights made decisive with
+    :func:`~edgeseg.export.check.randomize_for_parity`), exports
     static and dynamic, unfused and fused FP32 graphs and runs the export parity check against PyTorch on val
     images of ``--data``. -> ``benchmarks/results/export_students.{md,json}``
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeseg.export.check import DEFAULT_MIN_AGREEMENT, check_parity
+from edgeseg.export.check import DEFAULT_MIN_AGREEMENT, check_parity, randomize_for_parity
 from edgeseg.export.onnx_export import OnnxOptions, export_onnx, parse_hw
 from edgeseg.export.precision import ImageCalibrationReader, load_calibration_images
 from edgeseg.runtime.bench import latency_summary
@@ -163,7 +164,7 @@ def precision_study(args) -> None:
 
 def random_checkpoint(name: str, folder: Path, size: tuple[int, int], classes) -> Path:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=classes.num_classes)
+    model = randomize_for_parity(create_model(name, num_classes=classes.num_classes))
     card = model_card(model_name=name, model_kwargs={}, classes=classes, mean=(0.485, 0.456, 0.406),
                       std=(0.229, 0.224, 0.225), input_size=list(size), config={})
     return save_checkpoint(folder / f"{name}.pt", card, model.state_dict())

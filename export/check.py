@@ -55,6 +55,32 @@ class ParityResult:
                 f"{error}{limit}: {verdict}")
 
 
+def randomize_for_parity(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give an untrained network decisive logits for parity checks: He-normal convolutions, random norm layers.
+
+    The zoo initialises norm layers at identity, some residual branches at zero gamma and classifiers small, so a
+    freshly built MobileNet student outputs logits whose top two classes differ by ~1e-6, and often one class
+    everywhere. An argmax on such logits is decided by rounding noise (or agrees trivially), so a parity check on
+    it measures nothing. Redrawing every convolution with fan-in He-normal weights and giving batch-norm layers
+    random statistics and affine parameters yields logits that vary over the image with clear margins, like a
+    trained network's. In place; for checks of untrained networks only (tests, the zoo parity loop).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_in = module.weight[0].numel()
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+                channels = module.num_features
+                module.running_mean.copy_(0.1 * torch.randn(channels, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(channels, generator=generator))
+                if module.affine:
+                    module.weight.copy_(0.5 + torch.rand(channels, generator=generator))
+                    module.bias.copy_(0.1 * torch.randn(channels, generator=generator))
+    return model
+
+
 def second_size(size: tuple[int, int]) -> tuple[int, int]:
     """Another size to check a height/width-dynamic graph at: about 1.25x, rounded up to the encoders' stride."""
     return tuple(int(-(-round(v * 1.25) // SIZE_STEP) * SIZE_STEP) for v in size)  # type: ignore[return-value]

@@ -302,6 +302,31 @@ def trace_to_onnx(module: DeployModel, sample: torch.Tensor, options: OnnxOption
     return slimmed if isinstance(slimmed, onnx.ModelProto) else model
 
 
+def broadcast_unit_resizes(model: onnx.ModelProto) -> int:
+    """Replace each Resize of a 1x1 map to a given size by an Expand; returns how many were replaced.
+
+    Global-pooling branches (ASPP image pooling, pyramid-pooling bin 1, Fast-SCNN's PPM) upsample a 1x1 map, which
+    any interpolation mode turns into the same constant, i.e. a broadcast. Expand says so directly: it is cheaper on
+    every backend and avoids OpenCV DNN 5.0, which computes a linear Resize of a 1x1 input wrongly (errors of 1e5).
+    """
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {value.name: [d.dim_value if d.HasField("dim_value") else None
+                           for d in value.type.tensor_type.shape.dim]
+              for value in [*inferred.graph.value_info, *inferred.graph.input]}
+    replaced = 0
+    for index, node in enumerate(model.graph.node):
+        if node.op_type != "Resize" or len(node.input) < 4 or not node.input[3]:
+            continue
+        shape = shapes.get(node.input[0])
+        if not shape or len(shape) != 4 or shape[2:] != [1, 1]:
+            continue
+        expand = onnx.helper.make_node("Expand", [node.input[0], node.input[3]], list(node.output),
+                                       name=(node.name or f"Resize_{index}") + "_as_expand")
+        model.graph.node[index].CopyFrom(expand)
+        replaced += 1
+    return replaced
+
+
 def declare_io_shapes(model: onnx.ModelProto, options: OnnxOptions, num_classes: int) -> None:
     """Write the exact input/output shapes into the graph, with named dynamic axes.
 
@@ -399,6 +424,7 @@ def export_onnx(model: nn.Module, card: dict, options: OnnxOptions, path: str | 
     sample = sample_input(options)
     probe_size(module, sample, meta.model)
     graph = trace_to_onnx(module, sample, options)
+    broadcast_unit_resizes(graph)
     declare_io_shapes(graph, options, meta.num_classes)
     notes: list[str] = []
     if options.precision == "fp16":

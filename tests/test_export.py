@@ -18,6 +18,7 @@ from torch import nn
 
 from edgeseg.cli import main
 from edgeseg.export import onnx_export
+from edgeseg.export.check import randomize_for_parity
 from edgeseg.export.formats import FORMATS, get_format, reject_foreign_options
 from edgeseg.export.onnx_export import OnnxOptions, export_onnx
 from edgeseg.runtime.classes import CAMVID, IMAGENET_MEAN, IMAGENET_STD
@@ -35,7 +36,7 @@ STUDENTS = ("deeplabv3_resnet18", "lraspp_mobilenetv3_large")
 
 def make_checkpoint(folder, name: str, seed: int = 0):
     torch.manual_seed(seed)
-    model = create_model(name, num_classes=CAMVID.num_classes).eval()
+    model = randomize_for_parity(create_model(name, num_classes=CAMVID.num_classes)).eval()
     card = model_card(model_name=name, model_kwargs={}, classes=CAMVID, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                       input_size=list(SIZE), config={"data": {"dataset": "camvid", "val_split": "val"}})
     path = folder / f"{name}.pt"
@@ -188,6 +189,8 @@ def test_real_student_fp32_parity_and_opencv(tmp_path, sample_images, capsys):
     path = tmp_path / "student.onnx"
     assert main(["export", str(checkpoint), "--out", str(path), "--check", "--check-images", "2"]) == 0
     assert min(agreement_lines(capsys.readouterr().out)) >= 0.999
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "Expand" in ops  # the pyramid pooling's 1x1 -> HxW upsampling became a broadcast (OpenCV DNN needs it)
     net = cv2.dnn.readNetFromONNX(str(path))
     segmenter = Segmenter.load(path, device="cpu")
     batch = segmenter.prepare(sample_images[:1])

@@ -14,6 +14,7 @@ import torch
 from onnx import numpy_helper
 
 from edgeseg.cli import main
+from edgeseg.export.check import randomize_for_parity
 from edgeseg.export.onnx_export import read_metadata
 from edgeseg.export.precision import ImageCalibrationReader, load_calibration_images
 from edgeseg.runtime.classes import CAMVID, IMAGENET_MEAN, IMAGENET_STD
@@ -24,26 +25,29 @@ from edgeseg.training.checkpoint import model_card, save_checkpoint
 from edgeseg.training.models import create_model
 
 SIZE = (64, 96)
+MIN_AGREEMENT = 0.9
+"""Below the 0.95 default on purpose: the 16-channel tiny network with random weights quantises far worse than a
+trained student (about 94% argmax agreement here); the test is about the Q/DQ form and the pipeline."""
 
 
 @pytest.fixture(scope="module")
 def int8_export(tmp_path_factory):
     folder = tmp_path_factory.mktemp("int8")
     torch.manual_seed(0)
-    model = create_model("tiny_segnet", num_classes=CAMVID.num_classes).eval()
+    model = randomize_for_parity(create_model("tiny_segnet", num_classes=CAMVID.num_classes)).eval()
     card = model_card(model_name="tiny_segnet", model_kwargs={}, classes=CAMVID, mean=IMAGENET_MEAN,
                       std=IMAGENET_STD, input_size=list(SIZE), config={})
     checkpoint = folder / "tiny.pt"
     save_checkpoint(checkpoint, card, model.state_dict())
     path = folder / "tiny_int8.onnx"
     code = main(["export", str(checkpoint), "--precision", "int8", "--calib", "camvid", "--calib-images", "8",
-                 "--out", str(path), "--check", "--check-images", "4"])
+                 "--out", str(path), "--check", "--check-images", "4", "--min-agreement", str(MIN_AGREEMENT)])
     return checkpoint, path, code
 
 
-def test_int8_export_passes_its_parity_check(int8_export, capsys):
+def test_int8_export_passes_its_parity_check(int8_export):
     _, path, code = int8_export
-    assert code == 0
+    assert code == 0  # agreement with PyTorch >= MIN_AGREEMENT through the runtime
     meta = read_metadata(path)
     assert meta.precision == "int8" and meta.input_dtype == "float32"
 
@@ -127,7 +131,8 @@ def test_fused_int8_graph_runs_in_the_runtime(int8_export, tmp_path):
     checkpoint, _, _ = int8_export
     path = tmp_path / "fused_int8.onnx"
     assert main(["export", str(checkpoint), "--precision", "int8", "--calib", "camvid", "--calib-images", "4",
-                 "--fuse", "all", "--out", str(path), "--check", "--check-images", "2"]) == 0
+                 "--fuse", "all", "--out", str(path), "--check", "--check-images", "2",
+                 "--min-agreement", str(MIN_AGREEMENT)]) == 0
     image = open_dataset("camvid", "val").read_image(0)
     with Segmenter.load(path, device="cpu") as segmenter:
         class_map = segmenter.segment(image)

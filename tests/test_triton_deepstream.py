@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from edgeseg.cli import main
+from edgeseg.export.check import randomize_for_parity
 from edgeseg.runtime.classes import CAMVID, IMAGENET_MEAN, IMAGENET_STD
 from edgeseg.runtime.datasets import open_dataset
 from edgeseg.runtime.preprocess import normalize, resize_image
@@ -83,7 +84,7 @@ def graph_tensors(path):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    model = create_model("tiny_segnet", num_classes=CAMVID.num_classes).eval()
+    model = randomize_for_parity(create_model("tiny_segnet", num_classes=CAMVID.num_classes)).eval()
     card = model_card(model_name="tiny_segnet", model_kwargs={}, classes=CAMVID, mean=IMAGENET_MEAN,
                       std=IMAGENET_STD, input_size=list(SIZE), config={})
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
