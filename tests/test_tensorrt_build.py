@@ -9,18 +9,23 @@ the sidecar content (read back by the runtime's own sidecar reader) and the equi
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 import sys
 import types
 
 import pytest
+import torch
 
 from edgeseg.cli import main
 from edgeseg.export import tensorrt_build
 from edgeseg.export.onnx_export import read_metadata
 from edgeseg.export.tensorrt_build import EngineOptions, build_engine, parse_shape
 from edgeseg.runtime.backends.tensorrt_engine import read_sidecar
+from edgeseg.runtime.classes import CAMVID, IMAGENET_MEAN, IMAGENET_STD
 from edgeseg.runtime.errors import BackendUnavailable, ConfigError, ModelFormatError
+from edgeseg.training.checkpoint import model_card, save_checkpoint
+from edgeseg.training.models import create_model
 
 
 class FakeParserError:
@@ -288,3 +293,30 @@ def test_cli_rejects_graph_options_for_an_exported_onnx(fake_trt, tiny_onnx, cap
     assert code == 1
     assert "is already exported" in capsys.readouterr().err
     assert "built" not in fake_trt.calls
+
+
+def test_cli_without_tensorrt_fails_before_exporting(monkeypatch, tiny_onnx, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert main(["export", str(tiny_onnx.static), "--format", "engine", "--out", str(tmp_path / "m.engine")]) == 1
+    err = capsys.readouterr().err
+    assert "needs the tensorrt package" in err and "edgeseg[gpu]" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_exports_checkpoint_then_builds_engine(fake_trt, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = create_model("tiny_segnet", num_classes=CAMVID.num_classes)
+    card = model_card(model_name="tiny_segnet", model_kwargs={}, classes=CAMVID, mean=IMAGENET_MEAN,
+                      std=IMAGENET_STD, input_size=[64, 96], config={})
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", card, model.state_dict())
+    engine = tmp_path / "deploy" / "tiny.engine"
+    assert main(["export", str(checkpoint), "--format", "engine", "--out", str(engine), "--precision", "fp16",
+                 "--dynamic", "hw"]) == 0
+    onnx_file = engine.with_suffix(".onnx")
+    assert fake_trt.calls["parsed"] == str(onnx_file)  # the engine is built from the precision-carrying ONNX
+    assert read_metadata(onnx_file).precision == "fp16"
+    sidecar = json.loads((tmp_path / "deploy" / "tiny.engine.json").read_text())
+    assert sidecar["precision"] == "fp16" and sidecar["input_size"] == [None, None]
+    # the profile is derived from the checkpoint's 64x96: half (rounded up to 32) .. twice
+    assert sidecar["profile"]["images"] == {"min": [1, 3, 32, 64], "opt": [1, 3, 64, 96], "max": [1, 3, 128, 192]}
+    assert "--optShapes=images:1x3x64x96" in capsys.readouterr().out
