@@ -116,8 +116,8 @@ def validate(args: argparse.Namespace) -> None:
     if suffix != ".pt":
         given = [option_flag(d) for d in GRAPH_OPTIONS + CHECK_OPTIONS if _given(args, d)]
         if given:
-            raise ConfigError(f"{', '.join(given)} shape(s) the exported graph, but {args.checkpoint} is already "
-                              "exported: pass the checkpoint (.pt) instead, or drop them")
+            raise ConfigError(f"{', '.join(given)} set(s) how a checkpoint is exported, but {args.checkpoint} is "
+                              "already exported: pass the checkpoint (.pt) instead, or drop them")
     if args.precision == "int8" and args.calib is None:
         raise ConfigError("--precision int8 needs calibration images: add --calib DATASET[:ROOT] (e.g. --calib camvid "
                           "for the embedded CamVid sample, or --calib camvid:/data/camvid)")
@@ -154,26 +154,22 @@ def default_onnx_name(model: str, size: tuple[int, int], precision: str, dynamic
     return "_".join(parts) + ".onnx"
 
 
-def _load_images(spec: str, split: str, count: int) -> list:
-    from .precision import load_calibration_images
-
-    return load_calibration_images(spec, split, count)
-
-
 def check_images(card: dict, args: argparse.Namespace, log) -> tuple[str, list]:
     """Images for --check: --check-data, else the checkpoint's dataset val split, else the embedded sample."""
+    from .precision import load_calibration_images as load_images
+
     if args.check_images < 1:
         raise ConfigError(f"--check-images must be positive, got {args.check_images}")
     if args.check_data:
-        return args.check_data, _load_images(args.check_data, "val", args.check_images)
+        return args.check_data, load_images(args.check_data, "val", args.check_images, "check data")
     data = (card.get("config") or {}).get("data") or {}
     spec, split = data.get("dataset"), data.get("val_split") or "val"
     if spec:
         try:
-            return f"{spec} ({split})", _load_images(spec, split, args.check_images)
+            return f"{spec} ({split})", load_images(spec, split, args.check_images, "check data")
         except DataError as err:
             log(f"check: the checkpoint's dataset is not readable here ({err}); using the embedded CamVid sample")
-    return "camvid (embedded sample)", _load_images("camvid", "val", args.check_images)
+    return "camvid (embedded sample)", load_images("camvid", "val", args.check_images, "check data")
 
 
 def run_parity(model, onnx_path: Path, card: dict, size, precision: str, args, log) -> bool:

@@ -148,16 +148,19 @@ class ImageCalibrationReader:
         self._batches = None
 
 
-def load_calibration_images(spec: str, split: str, count: int) -> list[np.ndarray]:
-    """``count`` images spread evenly over a dataset split (every k-th image, not the first few of one sequence)."""
+def load_calibration_images(spec: str, split: str, count: int, what: str = "calibration set") -> list[np.ndarray]:
+    """``count`` images spread evenly over a dataset split (every k-th image, not the first few of one sequence).
+
+    ``what`` names the set in errors (the parity check reads its images through here too).
+    """
     from edgeseg.runtime.datasets import open_dataset
 
     if count < 1:
-        raise ConfigError(f"--calib-images must be positive, got {count}")
+        raise ConfigError(f"the {what} needs a positive number of images, got {count}")
     try:
         dataset = open_dataset(spec, split, validate=False)
     except DataError as err:
-        raise DataError(f"calibration set {spec!r} (split {split!r}) cannot be opened: {err}") from err
+        raise DataError(f"{what} {spec!r} (split {split!r}) cannot be opened: {err}") from err
     indices = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int)
     return [dataset.read_image(int(i)) for i in dict.fromkeys(indices.tolist())]
 
