@@ -25,6 +25,7 @@ import asyncio
 import datetime
 import os
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -67,7 +68,37 @@ def build_student(name: str, size: tuple[int, int], folder: Path) -> Path:
     return onnx_path
 
 
-def request_image() -> tuple[Path, bytes]:
+def model_only(model: Path, image_bgr: np.ndarray, images_per_size: int = 24, repeats: int = 3) -> dict:
+    """The network alone (``Segmenter.run`` on a prepared batch) at batch 1 and 8: wall and CPU ms per image.
+
+    This is where batching can save work at all; everything else a request costs is per image anyway.
+    """
+    import cv2
+
+    from edgeseg.runtime import Segmenter
+
+    def cpu_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+    samples: dict[int, list[tuple[float, float]]] = {1: [], 8: []}
+    with Segmenter.load(model) as segmenter:
+        batches = {size: segmenter.prepare([rgb] * size) for size in samples}
+        for _ in range(repeats):  # batch sizes alternate, so both see the same spells of a shared machine
+            for size, batch in batches.items():
+                segmenter.run(batch)
+                wall, cpu = time.perf_counter(), cpu_seconds()
+                for _ in range(images_per_size // size):
+                    segmenter.run(batch)
+                samples[size].append(((time.perf_counter() - wall) * 1000.0 / images_per_size,
+                                      (cpu_seconds() - cpu) * 1000.0 / images_per_size))
+    return {f"batch {size}": {"wall_ms_per_image": round(statistics.median(w for w, _ in runs), 2),
+                              "cpu_ms_per_image": round(statistics.median(c for _, c in runs), 2)}
+            for size, runs in samples.items()}
+
+
+def request_image() -> tuple[Path, np.ndarray, bytes]:
     for folder in DEFAULT_IMAGE_DIRS:
         images = sorted(folder.glob("*.png")) + sorted(folder.glob("*.jpg"))
         if images:
@@ -77,7 +108,7 @@ def request_image() -> tuple[Path, bytes]:
             image = cv2.resize(image, (480, 360), interpolation=cv2.INTER_AREA)
             ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
             assert ok
-            return images[0], data.tobytes()
+            return images[0], image, data.tobytes()
     raise SystemExit("no CamVid image found to send")
 
 
@@ -210,6 +241,11 @@ def write_report(result: dict) -> None:
         f"**{batched['throughput_rps'] / baseline['throughput_rps']:.2f}x**, server CPU per request "
         f"**{batched['server_cpu_ms_per_request'] / baseline['server_cpu_ms_per_request']:.2f}x**.",
         "",
+        "The network alone (`Segmenter.run` on a prepared batch, median of 3 alternating repeats, in the benchmark "
+        "process before the servers start): "
+        + "; ".join(f"{name}: {row['wall_ms_per_image']} ms wall, {row['cpu_ms_per_image']} ms CPU per image"
+                    for name, row in result["model_only"].items()) + ".",
+        "",
         "Every run:",
         "",
         "| round | configuration | throughput (req/s) | p50 (ms) | p99 (ms) | server CPU ms / request | errors "
@@ -232,7 +268,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="model to serve (default: export --student at --size)")
     parser.add_argument("--student", default="fastscnn", help="registered student to export when --model is absent")
-    parser.add_argument("--size", default="128x160", help="network input size of the exported student")
+    parser.add_argument("--size", default="96x128", help="network input size of the exported student")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
@@ -255,7 +291,10 @@ def main() -> int:
             input_desc = (f"{probe.input_size[0]}x{probe.input_size[1]}" if probe.input_size else "dynamic") + (
                 ", dynamic batch" if probe.meta.batch is None else f", fixed batch {probe.meta.batch}")
             model_name = probe.meta.model
-        image_path, body = request_image()
+        image_path, image, body = request_image()
+        network = model_only(model, image)
+        print("model only, ms per image (wall / CPU): " + ", ".join(
+            f"{name} {row['wall_ms_per_image']} / {row['cpu_ms_per_image']}" for name, row in network.items()))
         with open("/proc/loadavg") as handle:
             load_average = handle.read().split()[0]
         runs = []
@@ -287,6 +326,7 @@ def main() -> int:
             "model": {"file": Path(model).name, "name": model_name, "input": input_desc, "description": description},
             "configs": {name: list(flags) for name, flags in CONFIGS.items()},
             "load_average": load_average,
+            "model_only": network,
             "runs": runs,
             "summary": summarise(runs),
             "machine": describe_machine(),
