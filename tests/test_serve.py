@@ -318,7 +318,7 @@ def test_slow_inference_times_out_with_504():
 # ------------------------------------------------------------------------------------------- stream hub (fakes)
 
 class CountingSource:
-    """A fake video source whose frame i is a uniform grey of value 10 * i (mod 250), BGR like the real ones."""
+    """A fake video source whose frame i is a uniform grey of value 10 * i (at most 250), BGR like the real ones."""
 
     opened = 0
 
@@ -331,7 +331,7 @@ class CountingSource:
         if self.frames is not None and self.index >= self.frames:
             return None
         time.sleep(self.delay_s)
-        frame = np.full((24, 32, 3), (10 * self.index) % 250, np.uint8)
+        frame = np.full((24, 32, 3), min(250, 10 * self.index), np.uint8)
         self.index += 1
         return frame
 
