@@ -69,7 +69,7 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
                                                       "frame's size rounded to a multiple of 32)")
     parser.add_argument("--queue", type=_positive_int, default=2, metavar="N",
                         help="frames waiting between stages for files (default: 2); live sources keep only the "
-                             "newest frame and drop the rest")
+                             "newest frame and drop stale ones")
     parser.add_argument("--gst", action="store_true",
                         help="decode network streams with GStreamer (hardware decode where available) instead of "
                              "FFmpeg; needs OpenCV built with GStreamer")

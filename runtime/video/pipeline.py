@@ -92,7 +92,7 @@ class VideoPipeline:
         alpha: Weight of the class colours in the overlay.
         legend: Draw a legend of the classes present.
         max_frames: Stop after this many frames have been rendered.
-        queue_size: Depth of the queues between stages for files (live sources keep one waiting frame).
+        queue_size: Depth of the queues between stages for files; live sources use 1, the least latency.
         reconnect: Back-off policy for ``reopen``.
         progress: Show a progress bar on stderr when it is a terminal and the frame count is known.
         log: Receives one-line messages about reconnects and warnings; prints to stderr by default.
@@ -115,8 +115,9 @@ class VideoPipeline:
         meta = segmenter.meta
         self.renderer = OverlayRenderer(meta.palette, meta.classes, alpha=alpha, legend=legend, label=meta.model)
         self._live = source.is_live
-        self._decoded: queue.Queue = queue.Queue(maxsize=1 if self._live else queue_size)
-        self._inferred: queue.Queue = queue.Queue(maxsize=queue_size)
+        depth = 1 if self._live else queue_size  # a live frame waiting in a queue is latency, not throughput
+        self._decoded: queue.Queue = queue.Queue(maxsize=depth)
+        self._inferred: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._errors: list[BaseException] = []
         self._consecutive_failures = 0
