@@ -274,7 +274,7 @@ def test_backbone_weights_refuse_files_that_are_not_state_dicts(tmp_path, conten
 def test_models_without_a_pretrainable_backbone_say_so(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(resnet18().state_dict(), path)
-    with pytest.raises(TypeError, match="backbone"):
+    with pytest.raises(ValueError, match="FastSCNN has no pretrained-compatible 'backbone'"):
         load_backbone_weights(create_model("fastscnn", num_classes=NUM_CLASSES), path)
 
 

@@ -80,13 +80,14 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike, *, strict: 
         What was loaded, missing, unexpected and ignored.
 
     Raises:
-        WeightsFileError (a ValueError): the file is missing, unreadable or not a state dict, a tensor has the
-            wrong shape (e.g. a ResNet-50 file for a ResNet-18 backbone), or, when strict, keys do not match.
-        TypeError: the model has no ``backbone``.
+        WeightsFileError (a ValueError, and an EdgesegError that the CLI shows as one line): the model has no
+            ``backbone``; the file is missing, unreadable or not a state dict; a tensor has the wrong shape (e.g. a
+            ResNet-50 file for a ResNet-18 backbone); or, when strict, keys do not match.
     """
     backbone = getattr(model, "backbone", None)
     if not isinstance(backbone, nn.Module):
-        raise TypeError(f"{type(model).__name__} has no pretrained-compatible 'backbone' to load weights into")
+        raise WeightsFileError(f"{path}: {type(model).__name__} has no pretrained-compatible 'backbone' to load "
+                               f"weights into (it trains from scratch)")
     file_state = _read_state_dict(path)
     ignore_prefixes = tuple(getattr(backbone, "pretrained_ignore", ()))
     ignored = sorted(k for k in file_state if k.startswith(ignore_prefixes))
