@@ -189,7 +189,7 @@ def students_parity(args) -> None:
                 options = OnnxOptions(size=size, dynamic=dynamic, fuse=fuse)
                 path = workdir / f"{name}_{dynamic or 'static'}_{fuse}.onnx"
                 started = time.perf_counter()
-                row = {"model": name, "checkpoint": "trained" if checkpoint == trained else "random-init",
+                row = {"model": name, "checkpoint": "trained" if checkpoint == trained else "random",
                        "dynamic": dynamic or "none", "fuse": fuse}
                 try:
                     export_variant(model, card, checkpoint, options, path)
@@ -211,7 +211,10 @@ def students_parity(args) -> None:
                    f"Each student exported at {size[0]}x{size[1]} (static, and dynamic batch+height+width; "
                    f"unfused, and with normalisation + argmax fused) and checked with `--check` logic on "
                    f"{len(images)} val images of {args.data} through ONNX Runtime (CPU); dynamic graphs also at "
-                   f"a second size. Pass = argmax agreement >= {100 * threshold:.1f}% at every size.", machine)
+                   f"a second size. Pass = argmax agreement >= {100 * threshold:.1f}% at every size. Untrained "
+                   "students get decisive random weights (`randomize_for_parity`: He-normal convolutions, random "
+                   "norm statistics), since fresh zoo networks output near-constant logits whose argmax is noise.",
+                   machine)
     lines += ["| student | weights | dynamic | fuse | size: agreement % (max abs logit error) | pass |",
               "|---|---|---|---|---|---|"]
     for row in rows:
