@@ -37,8 +37,11 @@ def config_path(protocol: str, method: str) -> Path:
     return path
 
 
+EXTRA_OVERRIDES: list[str] = []  # --set values, applied to every run and to the timing pass
+
+
 def overrides(teacher: str, seed: int, method: str) -> list[str]:
-    sets = [f"train.seed={seed}"]
+    sets = [f"train.seed={seed}", *EXTRA_OVERRIDES]
     if method != "plain":
         sets.append(f"distill.teacher={teacher}")
     return sets
@@ -106,6 +109,7 @@ def timing_pass(args) -> dict[str, dict]:
     def measure(method: str) -> dict:
         command = [sys.executable, __file__, "--time-method", method, "--protocol", args.protocol,
                    "--teacher", args.teacher, "--timing-steps", str(args.timing_steps)]
+        command += [f"--set={item}" for item in EXTRA_OVERRIDES]
         output = subprocess.run(command, check=True, cwd=REPO, capture_output=True, text=True).stdout
         return json.loads(output.strip().splitlines()[-1])
 
@@ -223,8 +227,11 @@ def main() -> None:
     parser.add_argument("--timing-steps", type=int, default=6, help="timed steps per method (after 2 warm-up)")
     parser.add_argument("--skip-timing", action="store_true", help="reuse the timing stored in the results JSON")
     parser.add_argument("--report-only", action="store_true", help="write the tables from finished runs only")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every run, e.g. --set train.threads=1")
     parser.add_argument("--time-method", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    EXTRA_OVERRIDES.extend(args.overrides)
 
     if args.time_method:
         print(json.dumps(time_method(args.protocol, args.time_method, args.teacher, args.timing_steps, 2)))
