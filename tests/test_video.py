@@ -321,6 +321,9 @@ def test_file_pipeline_blocks_instead_of_dropping(tmp_path):
                             queue_size=1).run()
     assert summary["frames"] == 20 and summary["dropped"] == 0
     assert count_video_frames(out) == 20
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the private mode of the temporary file
     assert set(summary["stage_ms"]) == set(STAGES)
     stage = summary["stage_ms"]["infer"]
     assert stage["p50"] >= 10 and stage["p99"] >= stage["p50"]  # the model sleeps 10 ms per frame
