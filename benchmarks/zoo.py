@@ -41,10 +41,10 @@ from pathlib import Path
 from edgeseg.runtime.backends.onnx_runtime import CUDA_EP, TENSORRT_EP, OnnxRuntimeBackend, default_threads
 from edgeseg.runtime.bench import DEFAULT_CAMERA_SIZE, benchmark
 from edgeseg.runtime.datasets import open_dataset
-from edgeseg.runtime.errors import ConfigError, EdgesegError
+from edgeseg.runtime.errors import ConfigError, DataError, EdgesegError
 from edgeseg.runtime.evaluate import evaluate
 from edgeseg.runtime.io import atomic_path, write_json_atomic, write_text_atomic
-from edgeseg.runtime.segmenter import Segmenter
+from edgeseg.runtime.segmenter import Segmenter, parse_size
 from edgeseg.runtime.sysinfo import describe_machine, format_machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,12 +89,10 @@ def available_devices() -> list[str]:
                       if provider in providers]
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    from edgeseg.export.onnx_export import parse_hw
-
+def size_argument(text: str) -> tuple[int, int]:
     try:
-        return parse_hw(text)
-    except ConfigError as err:
+        return parse_size(text)
+    except DataError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
@@ -197,10 +195,8 @@ class Settings:
 class ZooRun:
     """One benchmark run: the checkpoints, the datasets and the caches under the work folder."""
 
-    def __init__(self, args: argparse.Namespace, checkpoints: list[ZooCheckpoint], log=print_line) -> None:
+    def __init__(self, args: argparse.Namespace, checkpoints: list[ZooCheckpoint]) -> None:
         self.args = args
-        self.checkpoints = checkpoints
-        self.log = log
         self.work = Path(args.work_dir)
         self.settings = Settings(
             data=args.data, eval_split="val", eval_limit=args.limit, calib_split="train",
@@ -569,14 +565,20 @@ def write_reports(out: Path, rows: list[dict], checkpoints: list[ZooCheckpoint],
     return written + ([plot] if plot else [])
 
 
+EXAMPLE = """example:
+  python benchmarks/zoo.py --checkpoints runs/zoo/*/last.pt runs/teacher_bisenetv2/last.pt \\
+      --data camvid:/work/shared/data/camvid --sizes 180x240 360x480 --precisions fp32 int8 fp16"""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=EXAMPLE,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoints", nargs="+", required=True, metavar="CKPT", help="edgeseg checkpoints (.pt)")
     parser.add_argument("--data", required=True, metavar="DATASET[:ROOT]",
                         help="dataset for mIoU (val split) and INT8 calibration (train split), e.g. "
                              "camvid:/data/camvid; camvid alone is the embedded sample")
-    parser.add_argument("--sizes", nargs="+", type=parse_size, default=None, metavar="HxW",
+    parser.add_argument("--sizes", nargs="+", type=size_argument, default=None, metavar="HxW",
                         help="network input sizes (default: each checkpoint's trained size)")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
                         help="export precisions (default: all three)")
@@ -584,11 +586,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="ONNX Runtime devices (default: every one this onnxruntime offers)")
     parser.add_argument("--iters", type=int, default=50, help="timed calls per measurement (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls before timing (default 5)")
-    parser.add_argument("--camera-size", type=parse_size, default=DEFAULT_CAMERA_SIZE, metavar="HxW",
+    parser.add_argument("--camera-size", type=size_argument, default=DEFAULT_CAMERA_SIZE, metavar="HxW",
                         help="frame size of the end-to-end measurement (default 540x960, the bundled video's)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N val images")
     parser.add_argument("--calib-images", type=int, default=32, help="INT8 calibration images (default 32)")
-    parser.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"))
+    parser.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"),
+                        help="INT8 activation range estimation (default minmax)")
     parser.add_argument("--threads", type=int, default=None,
                         help="ONNX Runtime and torch threads (default: the usable cores)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), metavar="PATH",
@@ -602,6 +605,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.warmup < 0:
         parser.error(f"--warmup must not be negative, got {args.warmup}")
+    args.precisions = list(dict.fromkeys(args.precisions))
+    args.sizes = list(dict.fromkeys(args.sizes)) if args.sizes else None
+    args.devices = list(dict.fromkeys(args.devices)) if args.devices else None
     args.out = str(Path(args.out).with_suffix("")) if Path(args.out).suffix in (".md", ".json", ".csv") else args.out
     args.work_dir = args.work_dir or f"{args.out}_work"
     return args
@@ -614,7 +620,7 @@ def run_zoo(args: argparse.Namespace, command: str, log=print_line) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     checkpoints = load_checkpoints(args.checkpoints)
-    zoo = ZooRun(args, checkpoints, log)
+    zoo = ZooRun(args, checkpoints)
     devices = args.devices or available_devices()
     if "int8" in args.precisions:
         zoo.calibration_images()  # a missing train split fails now, not after hours of fp32 rows
