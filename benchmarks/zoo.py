@@ -28,7 +28,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import math
 import os
 import re
 import shlex
@@ -472,15 +471,20 @@ PRECISION_MARKERS = {"fp32": "o", "fp16": "^", "int8": "s"}
 
 
 def _label_front(ax, points: list[tuple[float, float]], front: list[int], names: list[str]) -> None:
-    """Name the points on the front, alternating above and below and facing inwards in the right part of the
-    (logarithmic) FPS range, so that neighbours along the front do not print over each other or off the panel."""
-    low, high = min(x for x, _ in points), max(x for x, _ in points)
-    width = math.log(high / low) if high > low else 1.0
-    for position, index in enumerate(front):
-        x, y = points[index]
-        right = math.log(x / low) / width > 0.6
-        ax.annotate(names[index], (x, y), textcoords="offset points", fontsize=8, ha="right" if right else "left",
-                    xytext=(-7 if right else 7, 7 if position % 2 == 0 else -13))
+    """Name the points on the front just above and right of each one, then widen the FPS axis until they fit.
+
+    Above-right of a front point is empty by definition (a point there would dominate it), so these labels never
+    cover a marker; neighbours along the front step down in mIoU, so their labels do not stack either.
+    """
+    labels = [ax.annotate(names[i], points[i], textcoords="offset points", xytext=(5, 4), fontsize=8) for i in front]
+    renderer = ax.figure.canvas.get_renderer()
+    for _ in range(3):  # the points move when the axis grows, so fit again until the labels stay inside
+        right = max(ax.transData.inverted().transform((label.get_window_extent(renderer).x1, 0))[0]
+                    for label in labels)
+        low, high = ax.get_xlim()
+        if right <= high:
+            break
+        ax.set_xlim(low, right * (right / low) ** 0.03)
 
 
 def plot_pareto(rows: list[dict], path: Path) -> Path | None:
@@ -509,6 +513,7 @@ def plot_pareto(rows: list[dict], path: Path) -> Path | None:
                              squeeze=False)
     plain_number = FuncFormatter(lambda value, _: f"{value:g}")
     sparse_number = FuncFormatter(lambda value, _: f"{value:g}" if f"{value:e}"[0] in "235" else "")
+    fronts = []
     for ax, (device, size) in zip(axes.flat, panels):
         group = [row for row in measured if row["device"] == device and tuple(row["size"]) == size]
         points = [(row["fps"], 100 * row["miou"]) for row in group]
@@ -518,9 +523,9 @@ def plot_pareto(rows: list[dict], path: Path) -> Path | None:
         front = pareto_front(points)
         ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="0.3", linestyle="--",
                 linewidth=1.2, zorder=2)
-        _label_front(ax, points, front, [f"{row['label']} {row['precision']}" for row in group])
+        fronts.append((ax, points, front, [f"{row['label']} {row['precision']}" for row in group]))
         ax.set_xscale("log")
-        ax.margins(x=0.12, y=0.15)
+        ax.margins(x=0.08, y=0.15)
         ax.xaxis.set_major_formatter(plain_number)
         ax.xaxis.set_minor_formatter(sparse_number)
         ax.tick_params(axis="x", which="minor", labelsize=8)
@@ -530,13 +535,15 @@ def plot_pareto(rows: list[dict], path: Path) -> Path | None:
         ax.grid(alpha=0.3, which="both")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
+    fig.suptitle("Exported models: mIoU against speed", fontsize=11)
+    fig.tight_layout()
+    for front in fronts:  # after the layout, which fixes the panel sizes the labels are fitted into
+        _label_front(*front)
     model_handles = [Line2D([], [], linestyle="", marker="o", markersize=8, color=colours[label], label=label)
                      for label in labels]
     precision_handles = [Line2D([], [], linestyle="", marker=PRECISION_MARKERS[p], markersize=8, color="0.6",
                                 markeredgecolor="black", label=p) for p in precisions]
     precision_handles.append(Line2D([], [], color="0.3", linestyle="--", label="Pareto front"))
-    fig.suptitle("Exported models: mIoU against speed", fontsize=11)
-    fig.tight_layout()
     models_legend = fig.legend(handles=model_handles, title="model (colour)", loc="upper left",
                                bbox_to_anchor=(1.0, 0.93), fontsize=9, title_fontsize=9, frameon=False)
     fig.legend(handles=precision_handles, title="precision (marker)", loc="lower left", bbox_to_anchor=(1.0, 0.05),
