@@ -274,7 +274,7 @@ def _run_engine(args, source: Path, out: Path | None, log) -> int:
 
 
 def _run_triton(args, source: Path, out: Path | None, log) -> int:
-    from .onnx_export import graph_io, load_onnx, read_metadata
+    from .onnx_graph import graph_io, load_onnx, read_metadata
     from .tensorrt_build import sidecar_path
     from .triton import TritonOptions, engine_io, read_sidecar_json, write_triton_repository
 

@@ -19,7 +19,7 @@ from edgeseg.runtime.errors import ConfigError
 from edgeseg.runtime.io import write_text_atomic
 from edgeseg.runtime.metadata import ModelMeta
 
-from .onnx_export import TensorSpec
+from .onnx_graph import TensorSpec
 
 NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}
 DEFAULT_SOURCE = "file:///opt/nvidia/deepstream/deepstream/samples/streams/sample_720p.mp4"

@@ -22,7 +22,7 @@ from pathlib import Path
 from edgeseg.runtime.errors import BackendUnavailable, ConfigError, ModelFormatError
 from edgeseg.runtime.io import atomic_path, write_bytes_atomic
 
-from .onnx_export import TensorSpec, graph_io, load_onnx, read_metadata
+from .onnx_graph import TensorSpec, graph_io, load_onnx, read_metadata
 
 TENSORRT_HINT = ("install TensorRT: pip install 'edgeseg[gpu]' on a desktop GPU host, or on Jetson the JetPack "
                  "package python3-libnvinfer (apt install python3-libnvinfer)")

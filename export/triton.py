@@ -21,7 +21,7 @@ from pathlib import Path
 from edgeseg.runtime.errors import ConfigError, ModelFormatError
 from edgeseg.runtime.metadata import METADATA_KEY, ModelMeta
 
-from .onnx_export import TensorSpec
+from .onnx_graph import TensorSpec
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8",
                 "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 
 from edgeseg.cli import main
 from edgeseg.export.check import randomize_for_parity
-from edgeseg.export.onnx_export import read_metadata
+from edgeseg.export.onnx_graph import read_metadata
 from edgeseg.export.precision import ImageCalibrationReader, load_calibration_images
 from edgeseg.runtime.classes import CAMVID, IMAGENET_MEAN, IMAGENET_STD
 from edgeseg.runtime.datasets import open_dataset

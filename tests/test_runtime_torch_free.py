@@ -90,3 +90,22 @@ def test_cli_commands_without_torch(tiny_onnx):
         assert code == 0
         assert json.loads(out.getvalue().strip().splitlines()[-1])["size"] == [64, 64]
     """, str(tiny_onnx.static)))
+
+
+def test_existing_onnx_becomes_a_triton_repository_without_torch(tiny_onnx, tmp_path):
+    """A Jetson image has onnx but no torch: turning an exported .onnx into deployment artefacts must still work.
+
+    (DeepStream configs start from the checkpoint, because the exporter folds nvinfer's normalisation into the
+    graph.)
+    """
+    check(run_without_torch("""
+        import sys
+        from pathlib import Path
+        from edgeseg.cli import main
+
+        model, out = sys.argv[1], Path(sys.argv[2])
+        assert main(["export", model, "--format", "triton", "--out", str(out / "repo")]) == 0
+        assert list((out / "repo").rglob("config.pbtxt"))
+        # TensorRT is missing here: a clear one-line error (exit 1), not a crash on a torch import
+        assert main(["export", model, "--format", "engine", "--out", str(out / "m.engine")]) == 1
+    """, str(tiny_onnx.static), str(tmp_path)))

@@ -19,7 +19,7 @@ import torch
 
 from edgeseg.cli import main
 from edgeseg.export import tensorrt_build
-from edgeseg.export.onnx_export import read_metadata
+from edgeseg.export.onnx_graph import read_metadata
 from edgeseg.export.tensorrt_build import EngineOptions, build_engine, parse_shape
 from edgeseg.runtime.backends.tensorrt_engine import read_sidecar
 from edgeseg.runtime.classes import CAMVID, IMAGENET_MEAN, IMAGENET_STD
