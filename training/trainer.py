@@ -33,7 +33,7 @@ from edgeseg.runtime.preprocess import resize_labels
 
 from .checkpoint import load_checkpoint, model_card, save_checkpoint
 from .config import save_config
-from .data.dataset import SegmentationTorchDataset
+from .data.dataset import SegmentationTorchDataset, make_loader
 from .data.transforms import EvalTransform, TrainTransform
 from .models import create_model
 
@@ -243,10 +243,7 @@ class Trainer:
         batch = data_cfg["batch_size"]
         if len(sampler) < batch:
             raise ConfigError(f"data.batch_size={batch} is larger than the {len(sampler)} training images")
-        loader = DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
-                            num_workers=data_cfg["workers"], pin_memory=self.device.type == "cuda",
-                            persistent_workers=False)
-        return loader, sampler
+        return make_loader(dataset, sampler, batch, data_cfg["workers"], drop_last=True), sampler
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Endless stream of training batches, starting exactly where iteration ``self.iteration`` left off."""

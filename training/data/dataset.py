@@ -7,6 +7,8 @@ resumed mid-way) sees the same crops.
 
 from __future__ import annotations
 
+import multiprocessing
+
 from typing import Callable, Sequence
 
 import cv2
@@ -78,9 +80,24 @@ def collate_samples(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]):
     return stack_if_uniform(images), stack_if_uniform(labels)
 
 
+WORKER_START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 def _init_worker(_worker_id: int) -> None:
     # The workers are the parallelism; OpenCV's own threads would only fight them (and the training step) for cores.
     cv2.setNumThreads(1)
+
+
+def make_loader(dataset: Dataset, sampler, batch_size: int, workers: int, drop_last: bool) -> DataLoader:
+    """The one place loaders are made: persistent workers started by a fork server.
+
+    Workers forked from a process that already runs thread pools (torch, OpenCV, ONNX Runtime) can deadlock; the
+    fork server is a clean single-threaded process, and persistent workers pay its start-up once per run.
+    """
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate_samples, pin_memory=torch.cuda.is_available(), drop_last=drop_last,
+                      persistent_workers=workers > 0, worker_init_fn=_init_worker if workers > 0 else None,
+                      multiprocessing_context=WORKER_START_METHOD if workers > 0 else None)
 
 
 def build_loader(spec: str | SegmentationDataset, split: str, transform: Transform, batch_size: int, workers: int,
@@ -112,9 +129,7 @@ def build_loader(spec: str | SegmentationDataset, split: str, transform: Transfo
     if drop_last and len(sampler) < batch_size:
         raise ConfigError(f"batch size {batch_size} is larger than the {len(sampler)} samples per process of "
                           f"{seg_dataset.name} {seg_dataset.split}: no complete batch could be formed")
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=collate_samples, pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-                      persistent_workers=workers > 0, worker_init_fn=_init_worker if workers > 0 else None)
+    return make_loader(dataset, sampler, batch_size, workers, drop_last)
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from edgeseg.runtime.errors import ConfigError
 
@@ -156,7 +155,7 @@ class Distiller:
     def _autoencoder(self, cache: Path, layer: str, latent: int, settings: dict, train_set, transform, seed: int):
         from edgeseg.runtime.io import atomic_path
 
-        from ..data.dataset import SegmentationTorchDataset
+        from ..data.dataset import SegmentationTorchDataset, make_loader
         from .autoencoder import FeatureAutoencoder, train_autoencoder
 
         if cache.is_file():
@@ -170,9 +169,9 @@ class Distiller:
                 raise ConfigError("Knowledge Adaptation needs training data to fit its autoencoder")
             print(f"autoencoder for teacher layer {layer!r}: training ({settings['iterations']} iterations), "
                   f"cache {cache}")
-            loader = DataLoader(SegmentationTorchDataset(train_set, transform, seed=seed + 7919),
-                                batch_size=settings["batch_size"], shuffle=True, drop_last=True,
-                                generator=torch.Generator().manual_seed(seed))
+            dataset = SegmentationTorchDataset(train_set, transform, seed=seed + 7919)
+            sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+            loader = make_loader(dataset, sampler, settings["batch_size"], workers=0, drop_last=True)
 
             def teacher_features():
                 while True:
