@@ -15,6 +15,7 @@ import pytest
 from edgeseg.runtime import ModelMeta, Segmenter
 from edgeseg.runtime import backends as backend_registry
 from edgeseg.runtime.backends import onnx_runtime, tensorrt_engine
+from edgeseg.runtime.backends.base import adopt_input_size
 from edgeseg.runtime.backends.tensorrt_engine import (EngineRunner, check_engine_compatibility, numpy_dtype,
                                                       read_sidecar)
 from edgeseg.runtime.backends.triton_client import parse_triton_uri
@@ -558,6 +559,38 @@ def test_tensorrt_backend_refuses_engine_from_another_gpu(tmp_path, fake_tensorr
     fake_tensorrt.name = "NVIDIA GeForce RTX 3060"
     with pytest.raises(ModelFormatError, match="rebuild it on this machine"):
         Segmenter.load(write_engine(tmp_path))
+
+
+def test_tensorrt_backend_takes_a_static_size_from_the_engine_and_refuses_a_contradicting_sidecar(
+        tmp_path, monkeypatch, fake_tensorrt):
+    static = FakeEngine(fake_tensorrt, input_shape=(1, 3, 64, 64))
+    monkeypatch.setattr(sys.modules["tensorrt"].Runtime, "deserialize_cuda_engine", lambda self, data: static)
+    with Segmenter.load(write_engine(tmp_path), device="cuda:0") as segmenter:
+        assert segmenter.meta.input_size == [64, 64] and segmenter.input_size == (64, 64)
+    with pytest.raises(MetadataError, match=r"sidecar says input size \[32, 32\], the engine takes \[64, 64\]"):
+        Segmenter.load(write_engine(tmp_path, input_size=[32, 32]), device="cuda:0")
+
+
+@pytest.mark.parametrize("layout, shape, expected", [
+    ("NCHW", [1, 3, 48, 64], [48, 64]),
+    ("NHWC", [1, 48, 64, 3], [48, 64]),
+    ("NCHW", ["batch", 3, "height", "width"], [None, None]),  # ONNX symbolic dims
+    ("NCHW", [-1, 3, -1, -1], [None, None]),  # TensorRT dynamic dims
+])
+def test_backends_adopt_the_static_input_size_of_the_network(layout, shape, expected):
+    meta = ModelMeta.from_dict({**tiny_metadata("m", (None, None), fused=False, batch=1), "input_layout": layout})
+    adopt_input_size(meta, shape, "m.onnx", "metadata", "graph")
+    assert meta.input_size == expected
+
+
+def test_backends_refuse_a_card_that_contradicts_the_network():
+    meta = ModelMeta.from_dict(tiny_metadata("m", (32, 32), fused=False, batch=1))
+    with pytest.raises(MetadataError, match=r"m\.onnx: metadata says input size \[32, 32\], the graph takes"):
+        adopt_input_size(meta, [1, 3, 48, 64], "m.onnx", "metadata", "graph")
+    with pytest.raises(ModelFormatError, match=r"m\.onnx: expected a 4-D image input, the graph takes shape"):
+        adopt_input_size(meta, [1, 3, 48], "m.onnx", "metadata", "graph")
+    adopt_input_size(meta, [1, 3, 32, 32], "m.onnx", "metadata", "graph")  # agreeing sizes are fine
+    assert meta.input_size == [32, 32]
 
 
 def test_tensorrt_missing_is_backend_unavailable(tmp_path, monkeypatch):

@@ -8,10 +8,11 @@ TensorRT engine see identical pixels and are scored identically.
 from __future__ import annotations
 
 import abc
+from typing import Sequence
 
 import numpy as np
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, MetadataError, ModelFormatError
 from ..metadata import ModelMeta
 
 DEVICE_KINDS = ("auto", "cpu", "cuda", "tensorrt")
@@ -27,6 +28,31 @@ def parse_device(device: str) -> tuple[str, int]:
     if kind not in DEVICE_KINDS or (index and (not index.isdigit() or kind in ("auto", "cpu"))):
         raise BackendUnavailable(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N, tensorrt or tensorrt:N")
     return kind, int(index or 0)
+
+
+def adopt_input_size(meta: ModelMeta, shape: Sequence, source: str, card: str, network: str) -> None:
+    """Check the network's image input against the model card, then take its static height/width into the card.
+
+    The network is authoritative: a card that states another static size is an error rather than a resize the
+    runtime would silently get wrong. A dimension that is not a positive integer (ONNX's None or symbolic names,
+    TensorRT's -1) is dynamic.
+
+    Args:
+        meta: The model card; its ``input_size`` is updated in place.
+        shape: The input's declared shape, batch first, laid out as ``meta.input_layout`` says.
+        source: The model file, named in errors.
+        card: Where the card came from (``"metadata"``, ``"sidecar"``), named in errors.
+        network: What declares ``shape`` (``"graph"``, ``"engine"``), named in errors.
+    """
+    if len(shape) != 4:
+        raise ModelFormatError(f"{source}: expected a 4-D image input, the {network} takes shape {list(shape)}")
+    spatial = shape[1:3] if meta.input_layout == "NHWC" else shape[2:4]
+    size = [int(d) if isinstance(d, (int, np.integer)) and d > 0 else None for d in spatial]
+    if size != [None, None]:
+        declared = [int(d) if d else None for d in meta.input_size]
+        if declared != [None, None] and declared != size:
+            raise MetadataError(f"{source}: {card} says input size {declared}, the {network} takes {size}")
+        meta.input_size = size
 
 
 class Backend(abc.ABC):

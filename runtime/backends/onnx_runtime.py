@@ -19,7 +19,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from ..errors import BackendUnavailable, MetadataError, ModelFormatError
 from ..metadata import METADATA_KEY, ModelMeta
-from .base import Backend, parse_device
+from .base import Backend, adopt_input_size, parse_device
 
 TENSORRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
@@ -183,16 +183,9 @@ class OnnxRuntimeBackend(Backend):
             raise MetadataError(f"{self.path}: metadata says input dtype {self.meta.input_dtype}, the graph takes "
                                 f"{graph_input.type}")
         shape = list(graph_input.shape)
-        if len(shape) != 4:
-            raise ModelFormatError(f"{self.path}: expected a 4-D image input, the graph takes shape {shape}")
-        batch, spatial = shape[0], (shape[1:3] if self.meta.input_layout == "NHWC" else shape[2:4])
+        adopt_input_size(self.meta, shape, self.path, "metadata", "graph")
+        batch = shape[0]
         self.max_batch = batch if isinstance(batch, int) and batch > 0 else None
-        graph_size = [d if isinstance(d, int) and d > 0 else None for d in spatial]
-        if graph_size != [None, None]:
-            declared = [int(d) if d else None for d in self.meta.input_size]
-            if declared != [None, None] and declared != graph_size:
-                raise MetadataError(f"{self.path}: metadata says input size {declared}, the graph takes {graph_size}")
-            self.meta.input_size = graph_size
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if batch.dtype != self.input_dtype:

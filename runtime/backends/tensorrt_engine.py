@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, MetadataError, ModelFormatError
 from ..metadata import ModelMeta
-from .base import Backend, parse_device
+from .base import Backend, adopt_input_size, parse_device
 
 GPU_EXTRA = "pip install 'edgeseg[gpu]' (tensorrt and cuda-python; on Jetson use the JetPack TensorRT)"
 
@@ -332,15 +332,7 @@ class TensorRTBackend(Backend):
         if tensor.dtype != np.dtype(self.meta.input_dtype):
             raise MetadataError(f"{self.path}: sidecar says input dtype {self.meta.input_dtype}, the engine takes "
                                 f"{tensor.dtype}")
-        if len(tensor.shape) != 4:
-            raise ModelFormatError(f"{self.path}: expected a 4-D image input, the engine takes {tensor.shape}")
-        spatial = tensor.shape[1:3] if self.meta.input_layout == "NHWC" else tensor.shape[2:4]
-        engine_size = [d if d > 0 else None for d in spatial]
-        if engine_size != [None, None]:
-            declared = [int(d) if d else None for d in self.meta.input_size]
-            if declared != [None, None] and declared != engine_size:
-                raise MetadataError(f"{self.path}: sidecar says input size {declared}, the engine takes {engine_size}")
-            self.meta.input_size = engine_size
+        adopt_input_size(self.meta, tensor.shape, self.path, "sidecar", "engine")
         self.max_batch = self._runner.max_batch
 
     def run(self, batch: np.ndarray) -> np.ndarray:
