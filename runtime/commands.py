@@ -9,45 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from .backends import BACKEND_NAMES
+from .arguments import add_model_arguments, count_argument, size_argument
 from .bench import DEFAULT_CAMERA_SIZE, benchmark, format_bench_table
-from .errors import DataError
 from .io import write_json_atomic
 from .metrics import format_iou_table
-from .segmenter import Segmenter, parse_size
+from .segmenter import Segmenter
 from .sysinfo import describe_machine, format_machine
-
-MODEL_HELP = ("model to run: .onnx, .engine/.plan (with its JSON sidecar), .pt checkpoint (needs the train extra) or "
-              "triton://host:port/model")
-DEVICE_HELP = ("where to run: auto (best available, warns on a CPU fallback), cpu, cuda, cuda:N, tensorrt[:N] "
-               "(ONNX Runtime's TensorRT provider); explicit devices fail instead of falling back")
-
-
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        return parse_size(text)
-    except DataError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help=MODEL_HELP)
-    parser.add_argument("--backend", default="auto", choices=BACKEND_NAMES,
-                        help="inference backend; auto picks it from the model's suffix or scheme (default: auto)")
-    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def _print_json_line(result: dict) -> None:
@@ -55,14 +22,14 @@ def _print_json_line(result: dict) -> None:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_model_arguments(parser)
+    add_model_arguments(parser)
     parser.add_argument("--data", required=True, metavar="DATASET[:ROOT]",
                         help="dataset name and root, e.g. camvid:/data/camvid, cityscapes:/data/cityscapes, "
                              "folder:/data/mine; camvid alone is the embedded sample")
     parser.add_argument("--split", default="val", help="dataset split (default: val)")
-    parser.add_argument("--batch", type=_count(1), default=1, help="images per network call (default: 1)")
-    parser.add_argument("--limit", type=_count(1), help="score only the first N images")
-    parser.add_argument("--size", type=_size, metavar="HxW",
+    parser.add_argument("--batch", type=count_argument(1), default=1, help="images per network call (default: 1)")
+    parser.add_argument("--limit", type=count_argument(1), help="score only the first N images")
+    parser.add_argument("--size", type=size_argument, metavar="HxW",
                         help="network input size for a dynamic model (default: each image's size rounded to 32)")
     parser.add_argument("--save", metavar="PATH", help="also write the result as JSON to PATH")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
@@ -87,14 +54,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_model_arguments(parser)
-    parser.add_argument("--size", type=_size, nargs="+", metavar="HxW",
+    add_model_arguments(parser)
+    parser.add_argument("--size", type=size_argument, nargs="+", metavar="HxW",
                         help="network input size(s), one result row each; a static model accepts only its own "
                              "(default: the model's size; a dynamic model runs at the camera size rounded to 32)")
-    parser.add_argument("--batch", type=_count(1), default=1, help="images per network call (default: 1)")
-    parser.add_argument("--warmup", type=_count(0), default=10, help="untimed calls before timing (default: 10)")
-    parser.add_argument("--iters", type=_count(1), default=100, help="timed calls per measurement (default: 100)")
-    parser.add_argument("--camera-size", type=_size, default=DEFAULT_CAMERA_SIZE, metavar="HxW",
+    parser.add_argument("--batch", type=count_argument(1), default=1, help="images per network call (default: 1)")
+    parser.add_argument("--warmup", type=count_argument(0), default=10, help="untimed calls before timing (default: 10)")
+    parser.add_argument("--iters", type=count_argument(1), default=100, help="timed calls per measurement (default: 100)")
+    parser.add_argument("--camera-size", type=size_argument, default=DEFAULT_CAMERA_SIZE, metavar="HxW",
                         help="frame size for the end-to-end measurement (default: 540x960)")
     parser.add_argument("--save", metavar="PATH", help="also write all result rows as a JSON list to PATH")
     parser.add_argument("--json", action="store_true",

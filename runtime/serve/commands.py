@@ -10,19 +10,13 @@ import sys
 
 import numpy as np
 
+from ..arguments import add_model_arguments, count_argument, fraction_argument, size_argument
 from ..errors import EdgesegError
 
 LOOPBACK = "127.0.0.1"
 WARM_UP_SIZE = (256, 256)
 GRACEFUL_SHUTDOWN_S = 3
 """Open MJPEG streams never end by themselves; on Ctrl-C they are cut after this many seconds."""
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def _non_negative_float(text: str) -> float:
@@ -47,10 +41,7 @@ def _port(text: str) -> int:
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..backends import BACKEND_NAMES
-
-    parser.add_argument("model", metavar="MODEL",
-                        help="model to serve: .onnx, .engine/.plan (+ .json sidecar), .pt, or triton://host:port/model")
+    add_model_arguments(parser)
     parser.add_argument("--host", default=LOOPBACK,
                         help="address to listen on (default %(default)s: this machine only; the service has no "
                              "authentication, so expose it only behind something that has)")
@@ -58,21 +49,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", metavar="URI",
                         help="video for the live stream at /v1/stream and on the page: a file (looped), camera, "
                              "RTSP/HTTP stream or image folder, in any form 'edgeseg video' accepts")
-    parser.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+    parser.add_argument("--workers", type=count_argument(1), default=1, metavar="N",
                         help="inference threads, each with its own model session (default %(default)s)")
-    parser.add_argument("--max-batch", type=_positive_int, default=8, metavar="N",
+    parser.add_argument("--max-batch", type=count_argument(1), default=8, metavar="N",
                         help="most images per network call when the model has a dynamic batch axis; 1 turns "
                              "dynamic batching off (default %(default)s)")
     parser.add_argument("--max-wait-ms", type=_non_negative_float, default=5.0, metavar="MS",
                         help="how long a worker waits for more requests to fill a batch (default %(default)s)")
     parser.add_argument("--max-image-mb", type=_positive_float, default=20.0, metavar="MB",
                         help="largest request body in MiB (default %(default)s)")
-    parser.add_argument("--size", metavar="HxW",
+    parser.add_argument("--size", type=size_argument, metavar="HxW",
                         help="network input size for a model exported with dynamic height and width; without it "
                              "each image runs at its own size rounded to 32")
-    parser.add_argument("--backend", default="auto", choices=BACKEND_NAMES, help="inference backend")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or tensorrt[:N] (default auto)")
-    parser.add_argument("--alpha", type=float, default=0.5, metavar="A",
+    parser.add_argument("--alpha", type=fraction_argument, default=0.5, metavar="A",
                         help="opacity of the class colours on the stream (default %(default)s)")
     parser.add_argument("--access-log", action="store_true", help="log every request (off: it costs throughput)")
     parser.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
@@ -129,8 +118,6 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..segmenter import Segmenter
     from .app import ServeConfig, create_app
 
-    if not 0.0 <= args.alpha <= 1.0:
-        raise EdgesegError(f"--alpha must lie in [0, 1], got {args.alpha}")
     if args.source is not None:
         _check_source(args.source)
     if args.workers > 1 and THREADS_ENV not in os.environ:

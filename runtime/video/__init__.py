@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..arguments import add_model_arguments, count_argument, fraction_argument, size_argument
+from ..segmenter import Segmenter
 from .pipeline import ReconnectPolicy, VideoPipeline
 from .render import OverlayRenderer
 from .sinks import SINK_FORMS, DisplaySink, ImageSequenceSink, VideoFileSink, VideoSink, open_sink
@@ -30,58 +32,33 @@ examples:
   edgeseg video model.onnx rtsp://10.0.0.5:8554/cam --gst --json"""
 
 
-def _alpha(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = f"SOURCE forms:\n{SOURCE_FORMS}\n\n--out forms:\n{SINK_FORMS}\n\n{_EXAMPLES}"
-    parser.add_argument("model", help="deployed model: .onnx, .engine/.plan (+ .json sidecar), .pt checkpoint, "
-                                      "or triton://host:port/model")
+    add_model_arguments(parser)
     parser.add_argument("source", help="video file, image folder, image, camera or stream (forms below)")
     parser.add_argument("--out", metavar="PATH", help="write the rendered frames here (forms below)")
     parser.add_argument("--show", action="store_true", help="show the rendered frames in a window (q or Esc stops)")
-    parser.add_argument("--alpha", type=_alpha, default=0.5, help="weight of the class colours (default: 0.5)")
+    parser.add_argument("--alpha", type=fraction_argument, default=0.5,
+                        help="weight of the class colours (default: 0.5)")
     parser.add_argument("--legend", action="store_true", help="draw the names of the classes in view")
-    parser.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N frames")
+    parser.add_argument("--max-frames", type=count_argument(1), metavar="N", help="stop after N frames")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object (last line)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "torch"),
-                        help="inference backend (default: chosen from the model file)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or tensorrt (default: auto)")
-    parser.add_argument("--size", metavar="HxW", help="network input size of a dynamic-size model (default: each "
-                                                      "frame's size rounded to a multiple of 32)")
-    parser.add_argument("--queue", type=_positive_int, default=2, metavar="N",
+    parser.add_argument("--size", type=size_argument, metavar="HxW",
+                        help="network input size of a dynamic-size model (default: each frame's size rounded to a "
+                             "multiple of 32)")
+    parser.add_argument("--queue", type=count_argument(1), default=2, metavar="N",
                         help="frames waiting between stages for files (default: 2); live sources keep only the "
                              "newest frame and drop stale ones")
     parser.add_argument("--gst", action="store_true",
                         help="decode network streams with GStreamer (hardware decode where available) instead of "
                              "FFmpeg; needs OpenCV built with GStreamer")
-    parser.add_argument("--reconnect", type=_non_negative_int, default=5, metavar="N",
+    parser.add_argument("--reconnect", type=count_argument(0), default=5, metavar="N",
                         help="re-open a broken camera or stream up to N times in a row (default: 5; 0: never)")
     parser.add_argument("--reconnect-delay", type=float, default=0.5, metavar="S",
                         help="first wait before re-opening, doubled on each failed attempt up to 8 s (default: 0.5)")
 
 
 def run_video(args: argparse.Namespace) -> int:
-    from ..segmenter import Segmenter
-
     spec = parse_source(args.source)  # a typo in the source is reported before the model loads
     with Segmenter.load(args.model, backend=args.backend, device=args.device, size=args.size) as segmenter:
         source = open_source(spec, gst=args.gst)

@@ -1,0 +1,61 @@
+"""Command-line pieces shared by the runtime's commands: ``edgeseg eval``, ``bench``, ``video`` and ``serve``.
+
+All four load a deployed model, so they name it, choose its backend and device, and read sizes and counts with one
+definition: an option means the same thing in every command, and a bad value is refused by argparse with the
+option's name before a model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .backends import BACKEND_NAMES
+from .errors import DataError
+from .segmenter import parse_size
+
+MODEL_HELP = ("model to run: .onnx, .engine/.plan (with its JSON sidecar), .pt checkpoint (needs the train extra) or "
+              "triton://host:port/model")
+DEVICE_HELP = ("where to run: auto (best available, warns on a CPU fallback), cpu, cuda, cuda:N, tensorrt[:N] "
+               "(ONNX Runtime's TensorRT provider); explicit devices fail instead of falling back")
+
+
+def count_argument(minimum: int):
+    """An argparse type for whole numbers of at least ``minimum`` (frames, iterations, workers...)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def size_argument(text: str) -> tuple[int, int]:
+    """An argparse type for ``HxW`` sizes, parsed as the Segmenter parses them."""
+    try:
+        return parse_size(text)
+    except DataError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def fraction_argument(text: str) -> float:
+    """An argparse type for a number in [0, 1], such as an overlay's opacity."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The MODEL positional and ``--backend``/``--device``, which every command that loads a model takes."""
+    parser.add_argument("model", help=MODEL_HELP)
+    parser.add_argument("--backend", default="auto", choices=BACKEND_NAMES,
+                        help="inference backend; auto picks it from the model's suffix or scheme (default: auto)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
