@@ -37,13 +37,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeseg.runtime.arguments import size_argument
 from edgeseg.runtime.backends.onnx_runtime import CUDA_EP, TENSORRT_EP, OnnxRuntimeBackend, default_threads
 from edgeseg.runtime.bench import DEFAULT_CAMERA_SIZE, benchmark
 from edgeseg.runtime.datasets import open_dataset
-from edgeseg.runtime.errors import ConfigError, DataError, EdgesegError
+from edgeseg.runtime.errors import ConfigError, EdgesegError
 from edgeseg.runtime.evaluate import evaluate
 from edgeseg.runtime.io import atomic_path, write_json_atomic, write_text_atomic
-from edgeseg.runtime.segmenter import Segmenter, parse_size
+from edgeseg.runtime.segmenter import Segmenter
 from edgeseg.runtime.sysinfo import describe_machine, format_machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,14 +72,6 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def available_devices() -> list[str]:
     """The ONNX Runtime devices this installation offers; a GPU provider that then fails to start is a skipped row."""
     import onnxruntime
@@ -86,13 +79,6 @@ def available_devices() -> list[str]:
     providers = onnxruntime.get_available_providers()
     return ["cpu"] + [device for device, provider in (("cuda", CUDA_EP), ("tensorrt", TENSORRT_EP))
                       if provider in providers]
-
-
-def size_argument(text: str) -> tuple[int, int]:
-    try:
-        return parse_size(text)
-    except DataError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def safe_name(text: str) -> str:
@@ -143,6 +129,7 @@ class ZooCheckpoint:
 
 def load_checkpoints(paths: list[str]) -> list[ZooCheckpoint]:
     """Open every checkpoint before any work starts, so a missing or broken file fails the run at once."""
+    from edgeseg.export.tensorrt_build import file_sha256
     from edgeseg.training.checkpoint import load_checkpoint
 
     checkpoints = []
