@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 import cv2
 import numpy as np
 
-from ..preprocess import overlay
+from ..video.render import OverlayRenderer
 from .metrics import ServeMetrics
 
 BOUNDARY = "frame"
@@ -62,10 +62,9 @@ class StreamHub:
         self.uri = uri
         self._segment = segment
         self._open_source = open_source
-        # The overlay is drawn on the decoder's BGR frame, which the JPEG encoder takes as is.
-        self._bgr_palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:, ::-1].copy()
+        # The video pipeline's renderer draws on the decoder's BGR frame, which the JPEG encoder takes as is.
+        self._renderer = OverlayRenderer(palette, [], alpha=alpha)
         self.metrics = metrics
-        self.alpha = alpha
         self.jpeg_quality = int(jpeg_quality)
         self.idle_timeout_s = idle_timeout_s
         self.retry_s = retry_s
@@ -173,7 +172,7 @@ class StreamHub:
 
     def _render(self, frame_bgr: np.ndarray) -> bytes:
         class_map = self._segment(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB))
-        blended = overlay(frame_bgr, class_map, self._bgr_palette, alpha=self.alpha)
+        blended = self._renderer.render(frame_bgr, class_map)
         ok, encoded = cv2.imencode(".jpg", blended, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         if not ok:
             raise RuntimeError("JPEG encoding of a stream frame failed")
