@@ -137,14 +137,3 @@ ADE20K = ClassSpec(
            "bulletin board", "shower", "radiator", "glass", "clock", "flag"),
     palette=distinct_palette(150),
 )
-
-BUILTIN_SPECS = {spec.dataset: spec for spec in (CAMVID, CITYSCAPES, VOC, ADE20K)}
-
-
-def get_class_spec(dataset: str) -> ClassSpec:
-    """The built-in class list of a dataset by name; a clear error lists the known names."""
-    try:
-        return BUILTIN_SPECS[dataset]
-    except KeyError:
-        raise KeyError(f"unknown dataset {dataset!r}; built-in class lists: {', '.join(sorted(BUILTIN_SPECS))}") \
-            from None

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .classes import IMAGENET_MEAN, IMAGENET_STD, ClassSpec
+from .classes import IMAGENET_MEAN, IMAGENET_STD
 from .errors import MetadataError
 
 METADATA_KEY = "edgeseg"
@@ -62,9 +62,6 @@ class ModelMeta:
         """The fixed (H, W) the network takes, or None when height or width is dynamic."""
         h, w = self.input_size
         return (int(h), int(w)) if h and w else None
-
-    def class_spec(self) -> ClassSpec:
-        return ClassSpec(self.dataset, tuple(self.classes), tuple(tuple(c) for c in self.palette), self.ignore_index)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

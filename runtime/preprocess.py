@@ -108,8 +108,3 @@ def draw_legend(image: np.ndarray, class_ids, palette, class_names: list[str]) -
                     (255, 255, 255), max(1, int(2 * scale)), cv2.LINE_AA)
         y += line
     return image
-
-
-def predictions_to_label_grid(class_ids: np.ndarray, label_shape: tuple[int, int]) -> np.ndarray:
-    """Map a class map predicted at network resolution onto the label grid (nearest), as every evaluator must."""
-    return resize_labels(class_ids.astype(np.uint8, copy=False), label_shape)
