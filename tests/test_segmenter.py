@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import time
@@ -332,6 +333,8 @@ def test_provider_request_orders_gpu_providers_first():
 
 
 def test_thread_count_override(monkeypatch):
+    monkeypatch.delenv(onnx_runtime.THREADS_ENV, raising=False)
+    assert onnx_runtime.default_threads() == len(os.sched_getaffinity(0))  # the cores this process may use
     monkeypatch.setenv(onnx_runtime.THREADS_ENV, "1")
     assert onnx_runtime.default_threads() == 1
     monkeypatch.setenv(onnx_runtime.THREADS_ENV, "many")

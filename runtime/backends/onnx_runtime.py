@@ -19,6 +19,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from ..errors import BackendUnavailable, MetadataError, ModelFormatError
 from ..metadata import METADATA_KEY, ModelMeta
+from ..sysinfo import usable_cores
 from .base import Backend, adopt_input_size, parse_device
 
 TENSORRT_EP = "TensorrtExecutionProvider"
@@ -90,10 +91,7 @@ def default_threads() -> int:
             return max(1, int(override))
         except ValueError:
             raise BackendUnavailable(f"{THREADS_ENV} must be an integer, got {override!r}") from None
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 def read_onnx_meta(session, path: str) -> ModelMeta:
