@@ -21,17 +21,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        give_usual_permissions(tmp_path)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
-def _umask() -> int:
+def give_usual_permissions(path: str | os.PathLike) -> None:
+    """Make a ``mkstemp`` file (private, 0600) readable as a file made by ``open()`` would be: 0666 less the umask.
+
+    Without it every checkpoint, model and video written through a temporary name would be unreadable to other
+    users, such as a server process or a container running under another account.
+    """
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    os.chmod(path, 0o666 & ~mask)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from ..errors import VideoSourceError
-from ..io import write_bytes_atomic
+from ..io import give_usual_permissions, write_bytes_atomic
 from .uri import IMAGE_SUFFIXES, forms_in_one_line
 
 # Container suffix -> FourCC codes to try in order. mp4v works with every pip OpenCV; avc1 (H.264) plays in
@@ -81,10 +81,7 @@ class VideoFileSink(VideoSink):
         handle, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=f".partial{suffix}", dir=self.path.parent)
         os.close(handle)
         self.temp_path = Path(temp)
-        # mkstemp creates the file private (0600); the finished video should get the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.temp_path, 0o666 & ~umask)
+        give_usual_permissions(self.temp_path)
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None  # (width, height), as VideoWriter takes it
 
