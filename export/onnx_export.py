@@ -47,8 +47,6 @@ FUSE_CHOICES = ("none", "pre", "post", "all")
 CLASS_DTYPES = {"uint8": torch.uint8, "int32": torch.int32}
 
 
-
-
 def parse_hw(text: str, option: str = "--size") -> tuple[int, int]:
     """``"360x480"`` -> ``(360, 480)``; anything else is a ConfigError that shows the expected form."""
     parts = str(text).lower().split("x")
@@ -121,6 +119,11 @@ class OnnxOptions:
     def fuse_post(self) -> bool:
         return self.fuse in ("post", "all")
 
+    @property
+    def output_name(self) -> str:
+        """The graph output: class ids when the argmax is fused in, logits otherwise."""
+        return CLASSES_NAME if self.fuse_post else LOGITS_NAME
+
 
 class DeployModel(nn.Module):
     """The network as deployed: optional in-graph normalisation before it and argmax after it.
@@ -192,7 +195,7 @@ def build_meta(card: dict, options: OnnxOptions, checkpoint_name: str) -> ModelM
         input_size=[None, None] if options.dynamic_hw else list(options.size),
         batch=None if options.dynamic_batch else options.batch,
         input_name=INPUT_NAME,
-        output_name=CLASSES_NAME if options.fuse_post else LOGITS_NAME,
+        output_name=options.output_name,
         input_layout="NHWC" if options.fuse_pre else "NCHW",
         input_dtype="uint8" if options.fuse_pre else "float32",
         output_dtype=options.class_dtype if options.fuse_post else "float32",
@@ -247,8 +250,7 @@ def dynamic_axes(options: OnnxOptions) -> dict[str, dict[int, str]] | None:
         input_axes.update({h_axis: "height", w_axis: "width"})
         out_h, out_w = (1, 2) if options.fuse_post else (2, 3)
         output_axes.update({out_h: "height", out_w: "width"})
-    output_name = CLASSES_NAME if options.fuse_post else LOGITS_NAME
-    return {INPUT_NAME: input_axes, output_name: output_axes}
+    return {INPUT_NAME: input_axes, options.output_name: output_axes}
 
 
 def trace_to_onnx(module: DeployModel, sample: torch.Tensor, options: OnnxOptions) -> onnx.ModelProto:
@@ -256,13 +258,12 @@ def trace_to_onnx(module: DeployModel, sample: torch.Tensor, options: OnnxOption
     import onnxslim
 
     buffer = io.BytesIO()
-    output_name = CLASSES_NAME if options.fuse_post else LOGITS_NAME
     with warnings.catch_warnings():
         # The tracer is deprecated in favour of dynamo; we choose it on purpose, so its warning is noise here.
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(module, (sample,), buffer, dynamo=False, opset_version=options.opset,
-                          input_names=[INPUT_NAME], output_names=[output_name],
+                          input_names=[INPUT_NAME], output_names=[options.output_name],
                           dynamic_axes=dynamic_axes(options), do_constant_folding=True)
     model = onnx.load_from_string(buffer.getvalue())
     slimmed = onnxslim.slim(model)
