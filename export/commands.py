@@ -286,10 +286,12 @@ def _run_triton(args, source: Path, out: Path | None, log) -> int:
     if suffix in (".engine", ".plan"):
         from edgeseg.runtime.metadata import ModelMeta
 
-        sidecar = read_sidecar_json(sidecar_path(source))
+        sidecar_file = sidecar_path(source)
+        sidecar = read_sidecar_json(sidecar_file)
         io, profile_max = engine_io(sidecar)
-        known = {k: v for k, v in sidecar.items() if k not in ("tensorrt_version", "gpu")}
-        folder = write_triton_repository(source, repo, ModelMeta.from_dict(known), io, options, profile_max)
+        card = {k: v for k, v in sidecar.items() if k not in ("tensorrt_version", "gpu")}
+        meta = ModelMeta.from_dict(card, source=str(sidecar_file))
+        folder = write_triton_repository(source, repo, meta, io, options, profile_max)
     elif suffix == ".onnx":
         folder = write_triton_repository(source, repo, read_metadata(source), graph_io(load_onnx(source)), options)
     else:

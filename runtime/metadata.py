@@ -67,13 +67,22 @@ class ModelMeta:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelMeta":
+    def from_dict(cls, data: dict[str, Any], source: str = "model") -> "ModelMeta":
+        """Build the card from its JSON fields; keys it does not know go to ``extra``.
+
+        Every problem is a MetadataError that starts with ``source`` (the model file or server it came from).
+        """
         known = {f.name for f in fields(cls)}
         missing = [name for name in ("model", "classes", "palette") if name not in data]
         if missing:
-            raise MetadataError(f"metadata misses required keys {missing}")
+            raise MetadataError(f"{source}: metadata misses required keys {missing}")
         unknown = {k: v for k, v in data.items() if k not in known}
-        meta = cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            meta = cls(**{k: v for k, v in data.items() if k in known})
+        except MetadataError as err:
+            raise MetadataError(f"{source}: {err}") from err
+        except TypeError as err:  # e.g. classes given as a number
+            raise MetadataError(f"{source}: malformed model metadata ({err})") from err
         meta.extra.update(unknown)
         return meta
 
@@ -85,4 +94,4 @@ class ModelMeta:
             raise MetadataError(f"{source}: edgeseg metadata is not valid JSON ({err})") from err
         if not isinstance(data, dict):
             raise MetadataError(f"{source}: edgeseg metadata must be a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(data, source)

@@ -181,6 +181,18 @@ def test_model_without_metadata(tiny_onnx):
     assert str(tiny_onnx.no_metadata) in str(caught.value)
 
 
+@pytest.mark.parametrize("change, problem", [
+    ({"classes": None}, r"misses required keys \['classes'\]"),
+    ({"palette": [[0, 0, 0]]}, "4 classes but 1 colours"),
+    ({"precision": "fp8"}, "unknown precision 'fp8'"),
+    ({"classes": 4}, "malformed model metadata"),
+])
+def test_unusable_metadata_is_one_error_naming_its_source(change, problem):
+    card = {**tiny_metadata("m", (32, 32), fused=False, batch=1), **change}
+    with pytest.raises(MetadataError, match=f"^model.onnx: .*{problem}"):
+        ModelMeta.from_json(json.dumps({k: v for k, v in card.items() if v is not None}), source="model.onnx")
+
+
 def test_unknown_missing_and_corrupt_model_files(tmp_path):
     text = tmp_path / "model.txt"
     text.write_text("not a model")
@@ -372,7 +384,7 @@ def test_sidecar_errors(tmp_path):
         read_sidecar(engine)
     with pytest.raises(MetadataError, match="tensorrt_version"):
         read_sidecar(write_engine(tmp_path, tensorrt_version=None))
-    with pytest.raises(MetadataError, match="classes"):
+    with pytest.raises(MetadataError, match=r"tiny\.engine\.json: metadata misses required keys \['classes'\]"):
         read_sidecar(write_engine(tmp_path, classes=None))
 
 

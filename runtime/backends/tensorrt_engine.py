@@ -65,13 +65,7 @@ def read_sidecar(engine_path: str | Path) -> tuple[ModelMeta, str, str]:
         raise MetadataError(f"{candidate}: the engine sidecar lacks {', '.join(missing)}, so it cannot be checked "
                             "against this machine; rebuild the engine with 'edgeseg export'")
     build_version, build_gpu = str(data.pop("tensorrt_version")), str(data.pop("gpu"))
-    try:
-        meta = ModelMeta.from_dict(data)
-    except MetadataError as err:
-        raise MetadataError(f"{candidate}: {err}") from err
-    except TypeError as err:
-        raise MetadataError(f"{candidate}: malformed model metadata ({err})") from err
-    return meta, build_version, build_gpu
+    return ModelMeta.from_dict(data, source=str(candidate)), build_version, build_gpu
 
 
 def _version_triple(version: str) -> tuple[int, ...]:
