@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,7 +20,7 @@ from torch import nn
 from edgeseg.cli import main
 from edgeseg.export import onnx_export
 from edgeseg.export.check import randomize_for_parity
-from edgeseg.export.formats import FORMATS, get_format, reject_foreign_options
+from edgeseg.export.formats import FORMATS, format_table, get_format, reject_foreign_options
 from edgeseg.export.onnx_export import OnnxOptions, export_onnx
 from edgeseg.runtime.classes import CAMVID, IMAGENET_MEAN, IMAGENET_STD
 from edgeseg.runtime.datasets import open_dataset
@@ -75,6 +76,11 @@ def test_help_lists_every_format_from_the_table(capsys):
     out = capsys.readouterr().out
     for fmt in FORMATS:
         assert fmt.name in out and fmt.summary[:40] in out
+
+
+def test_readme_shows_the_format_table_the_code_holds():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert format_table(markdown=True) in readme  # regenerate with: python -m edgeseg.export.formats
 
 
 def test_foreign_option_error_names_the_formats_that_take_it():
