@@ -41,15 +41,19 @@ STAGES = ("teacher", "plain student", "distilled student", "export", "mIoU", "sp
 
 
 def add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
+    from edgeseg.runtime.arguments import count_argument
+
     parser.description = (
         "Run the whole pipeline on the embedded CamVid sample (CPU, about 10 minutes on 2 cores): distil a "
         "Fast-SCNN student from the committed BiSeNetV2 teacher with DSD next to a plain one, export both and the "
         "teacher to fused ONNX, score them through ONNX Runtime, time them, segment a clip, and write "
         "DIR/report.md. A second run reuses what DIR holds.")
     parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output folder (runs/quickstart)")
-    parser.add_argument("--iterations", type=int, default=600, help="training iterations per student (600)")
+    parser.add_argument("--iterations", type=count_argument(1), default=600,
+                        help="training iterations per student (600)")
     parser.add_argument("--teacher", type=Path, default=TEACHER_ASSET, help="teacher checkpoint (the committed one)")
-    parser.add_argument("--bench-iters", type=int, default=50, help="timed calls per model in the speed stage (50)")
+    parser.add_argument("--bench-iters", type=count_argument(1), default=50,
+                        help="timed calls per model in the speed stage (50)")
     parser.add_argument("--force", action="store_true", help="redo every stage even if its artefacts exist")
 
 
@@ -146,6 +150,8 @@ def time_models(out: Path, exported: dict[str, Path], iters: int, force: bool) -
 
 
 def segment_clip(out: Path, model: Path, force: bool) -> dict:
+    from edgeseg.runtime.io import write_json_atomic
+
     target = out / "video.mp4"
     summary_path = out / "video.json"
     if target.is_file() and summary_path.is_file() and not force:
@@ -153,8 +159,6 @@ def segment_clip(out: Path, model: Path, force: bool) -> dict:
     frames = SAMPLE / "images" / "val"  # 26 consecutive-ish frames of CamVid's 0016E5 sequence
     lines = _quiet_cli(["video", str(model), str(frames), "--out", str(target), "--json", "--legend"])
     summary = json.loads(lines.strip().splitlines()[-1])
-    from edgeseg.runtime.io import write_json_atomic
-
     write_json_atomic(summary_path, summary)
     print(f"    {summary['frames']} frames -> {target} at {summary['fps']:.1f} FPS")
     return summary
@@ -179,6 +183,7 @@ def overlay_grid(out: Path, exported: dict[str, Path], count: int = 3) -> Path:
     import numpy as np
 
     from edgeseg.runtime.datasets import open_dataset
+    from edgeseg.runtime.io import atomic_path
     from edgeseg.runtime.preprocess import colorize, overlay
     from edgeseg.runtime.segmenter import Segmenter
 
@@ -203,7 +208,9 @@ def overlay_grid(out: Path, exported: dict[str, Path], count: int = 3) -> Path:
         cv2.putText(header, title, (i * tile_width + 6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1,
                     cv2.LINE_AA)
     path = out / "overlays.png"
-    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate([header, grid]), cv2.COLOR_RGB2BGR))
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(np.concatenate([header, grid]), cv2.COLOR_RGB2BGR)):
+            raise OSError(f"cannot write {path}")
     return path
 
 
@@ -212,6 +219,8 @@ def miou_fps_plot(out: Path, rows: list[dict]) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from edgeseg.runtime.io import atomic_path
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for row in rows:
@@ -224,7 +233,8 @@ def miou_fps_plot(out: Path, rows: list[dict]) -> Path:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = out / "miou_vs_fps.png"
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
     return path
 
@@ -265,8 +275,6 @@ def run_quickstart(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    if args.iterations < 1:
-        raise ConfigError("--iterations must be at least 1")
 
     t = _stage(1, STAGES[0], str(args.teacher))
     if not args.teacher.is_file():
