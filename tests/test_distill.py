@@ -147,3 +147,17 @@ def test_shipped_configs_resolve_and_their_losses_build(path):
         taps = taps_of(student)
         channels = [taps[name].channels if name in taps else 11 for name in spec["student"]]
         build_loss(spec["name"], student_channels=channels, teacher_channels=channels, **spec["params"])
+
+
+def test_distillation_configs_are_what_their_generator_writes(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    shipped = repo / "configs" / "distill"
+    subprocess.run([sys.executable, str(repo / "benchmarks" / "make_distill_configs.py"), "--out", str(tmp_path)],
+                   check=True, capture_output=True)
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.yaml"))
+    assert generated == sorted(p.relative_to(shipped) for p in shipped.rglob("*.yaml"))
+    for relative in generated:
+        assert (tmp_path / relative).read_text() == (shipped / relative).read_text(), relative
