@@ -43,7 +43,7 @@ from edgeseg.runtime.bench import DEFAULT_CAMERA_SIZE, benchmark
 from edgeseg.runtime.datasets import open_dataset
 from edgeseg.runtime.errors import ConfigError, EdgesegError
 from edgeseg.runtime.evaluate import evaluate
-from edgeseg.runtime.io import atomic_path, write_json_atomic, write_text_atomic
+from edgeseg.runtime.io import atomic_path, file_sha256, write_json_atomic, write_text_atomic
 from edgeseg.runtime.segmenter import Segmenter
 from edgeseg.runtime.sysinfo import describe_machine, format_machine
 
@@ -129,7 +129,6 @@ class ZooCheckpoint:
 
 def load_checkpoints(paths: list[str]) -> list[ZooCheckpoint]:
     """Open every checkpoint before any work starts, so a missing or broken file fails the run at once."""
-    from edgeseg.export.tensorrt_build import file_sha256
     from edgeseg.training.checkpoint import load_checkpoint
 
     checkpoints = []

@@ -13,14 +13,13 @@ reproduced without Python. TensorRT is imported only inside :func:`build_engine`
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeseg.runtime.errors import BackendUnavailable, ConfigError, ModelFormatError
-from edgeseg.runtime.io import atomic_path, write_bytes_atomic
+from edgeseg.runtime.io import atomic_path, file_sha256, write_bytes_atomic
 
 from .onnx_graph import TensorSpec, graph_io, load_onnx, read_metadata
 
@@ -190,14 +189,6 @@ def describe_parser_error(error) -> str:
     if not where and callable(getattr(error, "node", None)) and error.node() >= 0:
         where.append(f"node #{error.node()}")
     return description + (f" ({', '.join(where)})" if where else "")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sidecar_path(engine_path: Path) -> Path:

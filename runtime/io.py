@@ -1,8 +1,10 @@
-"""Atomic file writes: a crash or a full disk never leaves a half-written checkpoint, model or report behind."""
+"""File helpers: atomic writes (a crash or a full disk never leaves a half-written checkpoint, model or report
+behind) and content digests (which tell whether a cached result still belongs to the file it came from)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -53,3 +55,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks so that large checkpoints and engines need no memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
 
-from edgeseg.runtime.io import atomic_path, write_json_atomic
+from edgeseg.runtime.io import atomic_path, file_sha256, write_json_atomic
 
 
 def current_umask() -> int:
@@ -34,3 +35,10 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
             raise RuntimeError("disk full")
     assert target.read_text(encoding="utf-8") == '{\n  "miou": 0.5\n}\n'
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_file_sha256_reads_large_files_in_blocks(tmp_path):
+    path = tmp_path / "weights.bin"
+    data = os.urandom(3 * (1 << 20) + 123)  # more than one 1 MiB block, and not a whole number of them
+    path.write_bytes(data)
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()

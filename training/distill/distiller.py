@@ -19,7 +19,6 @@ Every loss owns its training-only adapters, so the student's ``state_dict`` (and
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from edgeseg.runtime.errors import ConfigError
+from edgeseg.runtime.io import file_sha256
 
 from ..checkpoint import build_model_from_card, card_classes, load_checkpoint
 from .hooks import FeatureTaps
@@ -42,14 +42,6 @@ def _as_list(value, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
         raise ConfigError(f"{where} must be a layer name or a non-empty list of layer names, got {value!r}")
     return value
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 class Distiller:
@@ -144,7 +136,7 @@ class Distiller:
         settings = {**AUTOENCODER_DEFAULTS, **config}
         cache_dir = Path(settings["cache_dir"] or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                          / "edgeseg" / "autoencoders")
-        digest = _file_digest(self.teacher_path)
+        digest = file_sha256(self.teacher_path)[:16]
         for spec, loss in needing:
             layer = spec["teacher"][-1]
             latent = int(loss.latent_channels)
