@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
+from edgeseg.runtime.classes import CAMVID_CLASS_WEIGHTS
 from edgeseg.runtime.io import write_text_atomic
 
-CAMVID_CLASS_WEIGHTS = [0.2595, 0.1826, 4.5640, 0.1417, 0.9051, 0.3826, 9.6446, 1.8418, 0.6823, 6.2478, 7.3614]
 
 PROTOCOLS = {
     "cityscapes_paper": {

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 from edgeseg import __version__
+from edgeseg.runtime.classes import CAMVID_CLASS_WEIGHTS
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 TEACHER_ASSET = ASSETS / "teacher_bisenetv2_camvid.pt"
 SAMPLE = ASSETS / "camvid_mini"
-CAMVID_CLASS_WEIGHTS = [0.2595, 0.1826, 4.5640, 0.1417, 0.9051, 0.3826, 9.6446, 1.8418, 0.6823, 6.2478, 7.3614]
 
 # The student protocol, as config overrides: both students share all of it; only `distill` differs.
 STUDENT = {

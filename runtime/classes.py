@@ -80,6 +80,10 @@ CAMVID = ClassSpec(
     extra={"void_label": 11},
 )
 
+CAMVID_CLASS_WEIGHTS = [0.2595, 0.1826, 4.5640, 0.1417, 0.9051, 0.3826, 9.6446, 1.8418, 0.6823, 6.2478, 7.3614]
+"""Cross-entropy weights of the CamVid classes by median-frequency balancing, as SegNet's training prototxts set
+them (see ../shared/data/camvid/README.md): rare thin classes (pole, sign, pedestrian, bicyclist) count more."""
+
 CITYSCAPES = ClassSpec(
     dataset="cityscapes",
     names=("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
