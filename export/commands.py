@@ -275,7 +275,6 @@ def _run_engine(args, source: Path, out: Path | None, log) -> int:
 
 def _run_triton(args, source: Path, out: Path | None, log) -> int:
     from .onnx_graph import graph_io, load_onnx, read_metadata
-    from .tensorrt_build import sidecar_path
     from .triton import TritonOptions, engine_io, read_sidecar_json, write_triton_repository
 
     options = TritonOptions(name=args.name, max_batch=args.max_batch, instances=args.instances,
@@ -284,9 +283,10 @@ def _run_triton(args, source: Path, out: Path | None, log) -> int:
     repo = out or source.parent / "triton"
     suffix = source.suffix.lower()
     if suffix in (".engine", ".plan"):
+        from edgeseg.runtime.backends.tensorrt_engine import find_sidecar
         from edgeseg.runtime.metadata import ModelMeta
 
-        sidecar_file = sidecar_path(source)
+        sidecar_file = find_sidecar(source)  # either name the runtime accepts
         sidecar = read_sidecar_json(sidecar_file)
         io, profile_max = engine_io(sidecar)
         card = {k: v for k, v in sidecar.items() if k not in ("tensorrt_version", "gpu")}

@@ -152,7 +152,8 @@ def test_dynamic_fused_export_from_checkpoint(tiny_checkpoint, tmp_path):
     assert session.run(None, {"images": batch})[0].shape == (3, *SIZE)  # the declared batch axis really is free
 
 
-def test_engine_repository_uses_sidecar_io(tmp_path, tiny_onnx):
+@pytest.mark.parametrize("sidecar_name", ["m.engine.json", "m.json"])  # both names the runtime reads
+def test_engine_repository_uses_sidecar_io(tmp_path, tiny_onnx, sidecar_name):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"PLAN")
     meta = json.loads(onnx.load(str(tiny_onnx.dynamic)).metadata_props[0].value)
@@ -160,7 +161,7 @@ def test_engine_repository_uses_sidecar_io(tmp_path, tiny_onnx):
                "io": [{"name": "images", "dtype": "float32", "shape": [None, 3, None, None], "mode": "input"},
                       {"name": "logits", "dtype": "float32", "shape": [None, 4, None, None], "mode": "output"}],
                "profile": {"images": {"min": [1, 3, 32, 32], "opt": [2, 3, 64, 64], "max": [4, 3, 128, 128]}}}
-    (tmp_path / "m.engine.json").write_text(json.dumps(sidecar))
+    (tmp_path / sidecar_name).write_text(json.dumps(sidecar))
     assert main(["export", str(engine), "--format", "triton", "--out", str(tmp_path / "repo")]) == 0
     folder = tmp_path / "repo" / meta["model"]
     config = parse_pbtxt((folder / "config.pbtxt").read_text())

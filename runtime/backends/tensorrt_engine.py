@@ -45,15 +45,19 @@ def sidecar_candidates(engine_path: str | Path) -> list[Path]:
     return [path.with_name(path.name + ".json"), path.with_suffix(".json")]
 
 
-def read_sidecar(engine_path: str | Path) -> tuple[ModelMeta, str, str]:
-    """Read an engine's sidecar: its model card, and the TensorRT version and GPU name it was built with."""
+def find_sidecar(engine_path: str | Path) -> Path:
+    """The sidecar file of an engine, of either name; a MetadataError lists both names when neither exists."""
     for candidate in sidecar_candidates(engine_path):
         if candidate.is_file():
-            break
-    else:
-        names = " or ".join(str(c) for c in sidecar_candidates(engine_path))
-        raise MetadataError(f"{engine_path} has no sidecar ({names}): a TensorRT engine carries no class list, so "
-                            "the runtime needs the JSON that 'edgeseg export' writes beside it")
+            return candidate
+    names = " or ".join(str(c) for c in sidecar_candidates(engine_path))
+    raise MetadataError(f"{engine_path} has no sidecar ({names}): a TensorRT engine carries no class list, so "
+                        "the runtime needs the JSON that 'edgeseg export' writes beside it")
+
+
+def read_sidecar(engine_path: str | Path) -> tuple[ModelMeta, str, str]:
+    """Read an engine's sidecar: its model card, and the TensorRT version and GPU name it was built with."""
+    candidate = find_sidecar(engine_path)
     try:
         data = json.loads(candidate.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
