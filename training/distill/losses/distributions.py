@@ -10,10 +10,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .base import DistillLoss, register_loss
-from .functional import conv_bn_relu, downsample_labels, resize_to
+from .functional import downsample_labels, resize_to, width_adapter
 
 
 def _require_same_classes(loss: DistillLoss) -> None:
@@ -87,9 +86,7 @@ class ChannelWiseDistillation(DistillLoss):
         super().__init__(student_channels, teacher_channels)
         _check_temperature(temperature)
         self.temperature = temperature
-        student_width, teacher_width = self.student_channels[0], self.teacher_channels[0]
-        self.adapter = (conv_bn_relu(student_width, teacher_width, 1) if student_width != teacher_width
-                        else nn.Identity())
+        self.adapter = width_adapter(self.student_channels[0], self.teacher_channels[0])
 
     def distill(self, student, teacher, labels):
         teacher_maps = teacher[0]

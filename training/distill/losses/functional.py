@@ -86,3 +86,8 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Se
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
+
+
+def width_adapter(student_width: int, teacher_width: int) -> nn.Module:
+    """Map student channels onto the teacher's with a 1x1 :func:`conv_bn_relu`; nothing to learn when they match."""
+    return conv_bn_relu(student_width, teacher_width, 1) if student_width != teacher_width else nn.Identity()

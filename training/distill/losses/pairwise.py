@@ -18,7 +18,7 @@ from torch import nn
 
 from . import functional
 from .base import DistillLoss, register_loss
-from .functional import conv_bn_relu, pool_to_node_budget, resize_to
+from .functional import conv_bn_relu, pool_to_node_budget, resize_to, width_adapter
 
 DEFAULT_MAX_NODES = 4096
 
@@ -252,9 +252,7 @@ class ChannelSpatialCorrelation(_PairwiseMixin, DistillLoss):
         self.spatial_weight = spatial_weight
         self.max_nodes = max_nodes
         self.last_node_count = None
-        student_width, teacher_width = self.student_channels[0], self.teacher_channels[0]
-        self.adapter = (conv_bn_relu(student_width, teacher_width, 1) if student_width != teacher_width
-                        else nn.Identity())
+        self.adapter = width_adapter(self.student_channels[0], self.teacher_channels[0])
 
     def distill(self, student, teacher, labels):
         teacher_maps = teacher[0]
