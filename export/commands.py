@@ -288,7 +288,7 @@ def _run_triton(args, source: Path, out: Path | None, log) -> int:
 
         sidecar_file = find_sidecar(source)  # either name the runtime accepts
         sidecar = read_sidecar_json(sidecar_file)
-        io, profile_max = engine_io(sidecar)
+        io, profile_max = engine_io(sidecar, sidecar_file)
         card = {k: v for k, v in sidecar.items() if k not in ("tensorrt_version", "gpu")}
         meta = ModelMeta.from_dict(card, source=str(sidecar_file))
         folder = write_triton_repository(source, repo, meta, io, options, profile_max)

@@ -165,10 +165,10 @@ def write_triton_repository(model_path: str | Path, repo: str | Path, meta: Mode
     return repo / name
 
 
-def engine_io(sidecar: dict) -> tuple[list[TensorSpec], int | None]:
+def engine_io(sidecar: dict, source: str | Path = "the engine sidecar") -> tuple[list[TensorSpec], int | None]:
     """I/O specs and the profile's max batch recorded in an engine sidecar (written by tensorrt_build)."""
     if "io" not in sidecar:
-        raise ModelFormatError("the engine sidecar has no 'io' list; rebuild the engine with 'edgeseg export'")
+        raise ModelFormatError(f"{source} has no 'io' list; rebuild the engine with 'edgeseg export'")
     specs = [TensorSpec(t["name"], t["dtype"], tuple(t["shape"]), t["mode"] == "input") for t in sidecar["io"]]
     profile = sidecar.get("profile") or {}
     max_batches = [shapes["max"][0] for shapes in profile.values()]

@@ -172,6 +172,15 @@ def test_engine_repository_uses_sidecar_io(tmp_path, tiny_onnx, sidecar_name):
                  "--max-batch", "8"]) == 1  # more than the profile allows
 
 
+def test_engine_sidecar_without_io_names_the_file(tmp_path, tiny_onnx, capsys):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"PLAN")
+    meta = json.loads(onnx.load(str(tiny_onnx.dynamic)).metadata_props[0].value)
+    (tmp_path / "m.engine.json").write_text(json.dumps({**meta, "tensorrt_version": "10.3.0", "gpu": "Orin"}))
+    assert main(["export", str(engine), "--format", "triton", "--out", str(tmp_path / "repo")]) == 1
+    assert f"{tmp_path / 'm.engine.json'} has no 'io' list" in capsys.readouterr().err
+
+
 def test_failed_repository_write_keeps_existing_model(tiny_onnx, tmp_path, capsys):
     repo = tmp_path / "repo"
     assert main(["export", str(tiny_onnx.static), "--format", "triton", "--out", str(repo), "--name", "m"]) == 0
