@@ -160,3 +160,14 @@ def test_eval_of_checkpoint_equals_trainer_validation(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "last.pt"), "--data", "camvid", "--limit", "5", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["miou"] == pytest.approx(expected["miou"], abs=1e-6)
+
+
+def test_checkpoint_backend_refuses_devices_it_cannot_run_naming_the_checkpoint():
+    from edgeseg.runtime.errors import BackendUnavailable
+    from edgeseg.training.inference import TorchBackend
+
+    with pytest.raises(BackendUnavailable, match=r"^student\.pt: the torch backend runs on cpu or cuda"):
+        TorchBackend("student.pt", device="tensorrt")
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailable, match=r"^student\.pt: device 'cuda:1' asked for"):
+            TorchBackend("student.pt", device="cuda:1")

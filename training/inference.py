@@ -25,9 +25,10 @@ class TorchBackend(Backend):
     def __init__(self, path: str, device: str = "auto") -> None:
         kind, index = parse_device(device)
         if kind == "tensorrt":
-            raise BackendUnavailable("the torch backend runs on cpu or cuda; export to ONNX/TensorRT for tensorrt")
+            raise BackendUnavailable(f"{path}: the torch backend runs on cpu or cuda; export the checkpoint to "
+                                     "ONNX/TensorRT for device tensorrt")
         if kind == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailable(f"device {device!r} asked for, but torch sees no CUDA GPU")
+            raise BackendUnavailable(f"{path}: device {device!r} asked for, but torch sees no CUDA GPU")
         use_cuda = kind == "cuda" or (kind == "auto" and torch.cuda.is_available())
         self.torch_device = torch.device(f"cuda:{index}" if use_cuda else "cpu")
         card = load_checkpoint(path)
