@@ -170,14 +170,10 @@ def machine_info(devices: list[str], load_at_start: tuple[float, float, float]) 
     """Where the numbers come from; the load averages matter on a shared machine, where timings follow the load."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from edgeseg.runtime.sysinfo import cpu_model
+
     info = {
-        "platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+        "platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_average_1min_start_end": [round(load_at_start[0], 2), round(os.getloadavg()[0], 2)],
