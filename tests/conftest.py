@@ -10,6 +10,9 @@ Fixture names are a stable interface for every test module:
     ``fused_dynamic``  as ``fused`` with dynamic height and width
     ``no_metadata``    the ``static`` graph without the edgeseg metadata entry
 
+``one_torch_thread``: torch runs on one intra-op thread during the test (modules that use torch turn it on with
+``pytestmark = pytest.mark.usefixtures("one_torch_thread")``).
+
 Every model is one 1x1 convolution with the fixed weights below over the normalised image, so the expected class
 map is known by hand: pure red, green and blue pixels are classes 0, 1, 2 ("red", "green", "blue") and black
 pixels are class 3 ("dark"). ``TinyOnnxModels.expected(image)`` computes the map with numpy alone, for images that
@@ -141,3 +144,15 @@ def tiny_onnx(tmp_path_factory) -> TinyOnnxModels:
                                        tiny_metadata("tiny-fused-dynamic", (None, None), fused=True, batch=None)),
         no_metadata=build_tiny_model(root / "tiny_no_metadata.onnx", False, h, w, 1, None),
     )
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tests run tiny tensors on a shared, busy 2-core machine, where a second intra-op thread only adds
+    synchronisation: small convolutions ran ~20x slower with two spinning threads than with one."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

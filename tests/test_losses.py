@@ -17,13 +17,7 @@ from edgeseg.training.distill.losses import DistillLoss, build_loss, functional,
 LATENT = 4
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """The tensors here are tiny: a second thread only adds synchronisation, which is very slow on busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # name -> (params, student channels, teacher channels, student sizes, teacher sizes): widths and resolutions differ
 # between the networks wherever the loss allows it.

@@ -21,14 +21,7 @@ STUDENTS = ["deeplabv3_resnet18", "pspnet_resnet18", "deeplabv3plus_mobilenetv2"
             "bisenetv2", "fastscnn", "tiny_segnet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a shared, busy 2-core machine, two spinning threads made these small convs ~20x
-    slower than one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.lru_cache(maxsize=None)

@@ -41,12 +41,7 @@ def _load_zoo_module():
 zoo = _load_zoo_module()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def save_tiny_checkpoint(path: Path, seed: int) -> torch.nn.Module:
