@@ -20,9 +20,10 @@ from edgeseg.runtime.io import write_text_atomic
 
 PROTOCOLS = {
     "cityscapes_paper": {
-        "comment": ("The papers' protocol (CIRKD lineage): Cityscapes, DeepLabV3-ResNet101 teacher -> DeepLabV3-ResNet18 "
-                    "student, 512x1024 crops, batch 8, 40k iterations, one CUDA GPU with bf16 AMP. Train the "
-                    "teacher first with the same data settings (80k iterations) and point distill.teacher at it."),
+        "comment": ("The papers' protocol (CIRKD lineage): Cityscapes, DeepLabV3-ResNet101 teacher -> "
+                    "DeepLabV3-ResNet18 student, 512x1024 crops, batch 8, 40k iterations, one CUDA GPU with bf16 "
+                    "AMP. Train the teacher first with the same data settings (80k iterations) and point "
+                    "distill.teacher at it."),
         "teacher": "runs/cityscapes_teacher_deeplabv3_resnet101/best.pt",
         "model": {"name": "deeplabv3_resnet18", "kwargs": {}},
         "data": {"dataset": "cityscapes:data/cityscapes", "base_size": None, "crop_size": [512, 1024],

@@ -59,8 +59,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="network input size(s), one result row each; a static model accepts only its own "
                              "(default: the model's size; a dynamic model runs at the camera size rounded to 32)")
     parser.add_argument("--batch", type=count_argument(1), default=1, help="images per network call (default: 1)")
-    parser.add_argument("--warmup", type=count_argument(0), default=10, help="untimed calls before timing (default: 10)")
-    parser.add_argument("--iters", type=count_argument(1), default=100, help="timed calls per measurement (default: 100)")
+    parser.add_argument("--warmup", type=count_argument(0), default=10,
+                        help="untimed calls before timing (default: 10)")
+    parser.add_argument("--iters", type=count_argument(1), default=100,
+                        help="timed calls per measurement (default: 100)")
     parser.add_argument("--camera-size", type=size_argument, default=DEFAULT_CAMERA_SIZE, metavar="HxW",
                         help="frame size for the end-to-end measurement (default: 540x960)")
     parser.add_argument("--save", metavar="PATH", help="also write all result rows as a JSON list to PATH")
