@@ -57,16 +57,14 @@ def evaluate(segmenter: Segmenter, dataset, batch_size: int = 1, limit: int | No
     if count <= 0:
         raise DataError(f"dataset {dataset.name} has no images to evaluate")
     matrix = ConfusionMatrix(dataset.classes.num_classes, ignore_index=dataset.classes.ignore_index)
-    starts = list(range(0, count, batch_size))
     started = perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-reader") as reader, \
             tqdm(total=count, desc="eval", unit="img", file=sys.stderr, leave=False,
                  disable=None if progress is None else not progress) as bar:
         pending = reader.submit(_read_batch, dataset, 0, min(batch_size, count))
-        for position, start in enumerate(starts):
+        for following in [*range(batch_size, count, batch_size), None]:
             images, labels = pending.result()
-            if position + 1 < len(starts):
-                following = starts[position + 1]
+            if following is not None:  # read the next batch while this one runs
                 pending = reader.submit(_read_batch, dataset, following, min(following + batch_size, count))
             raw = segmenter.run(segmenter.prepare(images))
             for label, prediction in zip(labels, segmenter.finish(raw, [label.shape[:2] for label in labels])):

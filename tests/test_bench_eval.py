@@ -149,6 +149,17 @@ def test_eval_matches_hand_computed_iou(tiny_onnx, model, batch_size):
     assert result["backend"] == "onnxruntime" and result["seconds"] > 0
 
 
+def test_eval_scores_every_image_when_the_last_batch_is_partial(tiny_onnx):
+    dataset = FakeDataset([first_sample(), second_sample(), first_sample()])
+    with Segmenter.load(tiny_onnx.fused_dynamic, size=(64, 64)) as segmenter:
+        result = evaluate(segmenter, dataset, batch_size=2, progress=False)
+    # Twice the first sample's counts plus the second's (see the hand counts above).
+    expected = {"red": 2304 / 3328, "green": 1280 / 2304, "blue": 1.0, "dark": 1.0}
+    assert result["per_class_iou"] == pytest.approx(expected)
+    assert (result["images"], result["pixels"]) == (3, 7168)
+    assert result["pixel_acc"] == pytest.approx((2 * 2560 + 1024) / 7168)
+
+
 def test_eval_limit_and_ignored_class(tiny_onnx):
     with Segmenter.load(tiny_onnx.static) as segmenter:
         result = evaluate(segmenter, FakeDataset([first_sample(), second_sample()]), limit=1, progress=False)
