@@ -145,7 +145,8 @@ class ImageSequenceSink(VideoSink):
         try:
             self.pattern % 0
         except (TypeError, ValueError) as err:
-            raise VideoSourceError(f"{self.pattern}: not a valid frame-number pattern such as %06d.png ({err})")
+            raise VideoSourceError(f"{self.pattern}: not a valid frame-number pattern such as %06d.png "
+                                   f"({err})") from None
         _check_image_suffix(self.pattern)
         Path(self.pattern).parent.mkdir(parents=True, exist_ok=True)
         self.frames = 0
