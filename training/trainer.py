@@ -8,7 +8,6 @@ a run killed at any moment resumes from its last checkpoint with ``--resume``.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import os
@@ -24,18 +23,19 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from edgeseg.runtime.classes import IGNORE_INDEX
+from edgeseg.runtime.classes import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from edgeseg.runtime.datasets import open_dataset
 from edgeseg.runtime.errors import ConfigError
 from edgeseg.runtime.io import atomic_path, write_json_atomic
 from edgeseg.runtime.metrics import ConfusionMatrix
 from edgeseg.runtime.preprocess import resize_labels
 
+from .amp import autocast, autocast_dtype
 from .checkpoint import load_checkpoint, model_card, save_checkpoint
 from .config import save_config
 from .data.dataset import SegmentationTorchDataset, make_loader
 from .data.transforms import EvalTransform, TrainTransform
-from .models import create_model
+from .models import create_model, read_state_dict
 
 
 class EpochSampler(Sampler[int]):
@@ -66,14 +66,6 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but no CUDA GPU is available")
     return device
-
-
-def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    if setting not in ("auto", "bf16", "fp16", "off"):
-        raise ConfigError(f"train.amp must be auto, bf16, fp16 or off, got {setting!r}")
-    if device.type != "cuda" or setting == "off":
-        return None
-    return torch.float16 if setting == "fp16" else torch.bfloat16
 
 
 def poly_factor(iteration: int, total: int, power: float, warmup: int) -> float:
@@ -109,7 +101,7 @@ class Trainer:
         self.train_set = open_dataset(data_cfg["dataset"], data_cfg["train_split"])
         self.val_set = open_dataset(data_cfg["dataset"], data_cfg["val_split"])
         self.classes = self.train_set.classes
-        mean, std = self.model_mean_std()
+        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
         base_size = _tuple_or_none(data_cfg["base_size"])
         self.eval_size = _tuple_or_none(data_cfg["eval_size"]) or base_size or self._native_size()
         self.train_transform = TrainTransform(
@@ -181,11 +173,6 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
-    def model_mean_std(self):
-        from edgeseg.runtime.classes import IMAGENET_MEAN, IMAGENET_STD
-
-        return list(IMAGENET_MEAN), list(IMAGENET_STD)
-
     def _native_size(self) -> tuple[int, int]:
         image, _ = self.val_set[0]
         return image.shape[0], image.shape[1]
@@ -193,10 +180,7 @@ class Trainer:
     def _load_initial_weights(self, model_cfg: dict) -> None:
         if model_cfg["weights"]:
             path = model_cfg["weights"]
-            try:
-                state = load_checkpoint(path)["state_dict"]
-            except Exception:  # a bare state dict is accepted too
-                state = torch.load(path, map_location="cpu", weights_only=True)
+            state = read_state_dict(path)  # an edgeseg checkpoint or a bare state dict
             missing, unexpected = self.model.load_state_dict(state, strict=False)
             if unexpected or missing:
                 raise ConfigError(f"model.weights {path} does not fit {model_cfg['name']}: missing {missing[:5]}, "
@@ -265,9 +249,7 @@ class Trainer:
         labels = labels.to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else \
-            contextlib.nullcontext()
-        with autocast:
+        with autocast(self.device, self.amp_dtype):
             logits = self.net(images)
             task = self._task_loss(logits, labels)
             parts = {"ce": task}
@@ -307,9 +289,7 @@ class Trainer:
             tensor = torch.from_numpy(self.eval_transform.image(image))[None].to(self.device)
             if self.channels_last:
                 tensor = tensor.contiguous(memory_format=torch.channels_last)
-            autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else \
-                contextlib.nullcontext()
-            with autocast:
+            with autocast(self.device, self.amp_dtype):
                 logits = self.model(tensor)
             prediction = logits[0].argmax(0).to(torch.uint8).cpu().numpy()
             matrix.update(label, resize_labels(prediction, label.shape))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
+import signal
 import socket
 import sys
+import threading
 
 import numpy as np
 
@@ -86,6 +89,27 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+@contextlib.contextmanager
+def _interrupt_raises_keyboard_interrupt():
+    """Make Ctrl-C end ``edgeseg serve`` as an interrupt (exit code 130), not as a clean exit.
+
+    uvicorn shuts down gracefully on SIGINT and then re-raises the signal to the handler it found. Python's default
+    handler would be swapped by asyncio's runner for one that only cancels its task, so the interrupt would be lost;
+    an explicit handler survives both and turns the re-raised signal into KeyboardInterrupt for the CLI.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -148,7 +172,8 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"edgeseg serve: listening on http://{url_host}:{port}/", file=sys.stderr, flush=True)
         server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
                                                lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
-        server.run(sockets=[sock])
+        with _interrupt_raises_keyboard_interrupt():
+            server.run(sockets=[sock])
         return 0 if server.started else 1
     finally:
         for seg in segmenters:

@@ -18,7 +18,6 @@ Every loss owns its training-only adapters, so the student's ``state_dict`` (and
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from torch import nn
 from edgeseg.runtime.errors import ConfigError
 from edgeseg.runtime.io import file_sha256
 
+from ..amp import autocast
 from ..checkpoint import build_model_from_card, card_classes, load_checkpoint
 from .hooks import FeatureTaps
 from .losses import build_loss
@@ -168,7 +168,7 @@ class Distiller:
             def teacher_features():
                 while True:
                     for images, _ in loader:
-                        with torch.no_grad(), self._autocast():
+                        with torch.no_grad(), autocast(self.device, self.amp_dtype):
                             self.teacher(images.to(self.device))
                         (feature,) = self.teacher_taps.take([layer])
                         self.teacher_taps.clear()
@@ -185,14 +185,9 @@ class Distiller:
         return model.encoder
 
     # ---------------------------------------------------------------------------------------------- training
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     def losses(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted distillation loss for the student forward pass that just ran on ``images``."""
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), autocast(self.device, self.amp_dtype):
             self.teacher(images)
         total = images.new_zeros((), dtype=torch.float32)
         parts: dict[str, torch.Tensor] = {}

@@ -43,7 +43,8 @@ def _listing(keys: list[str], limit: int = 8) -> str:
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
 
 
-def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a local ``.pt``/``.pth`` file: a bare state dict, or the one inside an edgeseg checkpoint."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -88,7 +89,7 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike, *, strict: 
     if not isinstance(backbone, nn.Module):
         raise WeightsFileError(f"{path}: {type(model).__name__} has no pretrained-compatible 'backbone' to load "
                                f"weights into (it trains from scratch)")
-    file_state = _read_state_dict(path)
+    file_state = read_state_dict(path)
     ignore_prefixes = tuple(getattr(backbone, "pretrained_ignore", ()))
     ignored = sorted(k for k in file_state if k.startswith(ignore_prefixes))
     file_state = {k: v for k, v in file_state.items() if not k.startswith(ignore_prefixes)}
