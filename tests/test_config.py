@@ -42,6 +42,16 @@ def test_free_form_sections_and_none_defaults(tmp_path):
     assert config["data"]["base_size"] == [180, 240]
 
 
+def test_override_inside_a_free_form_section_keeps_its_other_keys(tmp_path):
+    path = write(tmp_path, "model:\n  kwargs: {output_stride: 16, aux: true}\n"
+                           "distill:\n  teacher: t.pt\n  losses: [{name: kd, weight: 1.0}]\n")
+    config = resolve_config(path, ["distill.teacher=other.pt", "model.kwargs.output_stride=8"])
+    assert config["distill"] == {"teacher": "other.pt", "losses": [{"name": "kd", "weight": 1.0}]}
+    assert config["model"]["kwargs"] == {"output_stride": 8, "aux": True}
+    # A list is a value, not a section: an override replaces it whole.
+    assert resolve_config(path, ["distill.losses=[]"])["distill"]["losses"] == []
+
+
 def test_bad_override_syntax_and_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="key.path=value"):
         parse_override("train.iterations")

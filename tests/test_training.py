@@ -14,7 +14,7 @@ from edgeseg.cli import main
 from edgeseg.runtime.errors import ConfigError, ModelFormatError
 from edgeseg.training.checkpoint import build_model_from_card, load_checkpoint
 from edgeseg.training.config import resolve_config
-from edgeseg.training.trainer import EpochSampler, Trainer, poly_factor
+from edgeseg.training.trainer import EpochSampler, Trainer, is_due, poly_factor
 
 TINY = [
     "model.name=tiny_segnet", "data.crop_size=[64, 96]", "data.base_size=[90, 120]", "data.batch_size=4",
@@ -171,3 +171,8 @@ def test_checkpoint_backend_refuses_devices_it_cannot_run_naming_the_checkpoint(
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailable, match=r"^student\.pt: device 'cuda:1' asked for"):
             TorchBackend("student.pt", device="cuda:1")
+
+
+def test_periodic_actions_run_every_n_iterations_and_always_at_the_end():
+    assert [i for i in range(1, 11) if is_due(i, 4, 10)] == [4, 8, 10]
+    assert [i for i in range(1, 11) if is_due(i, 0, 10)] == [10]  # 0: only after the last iteration

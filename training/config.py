@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "train": {
         "iterations": 1000,
-        "val_every": 250,
+        "val_every": 250,           # val/ckpt/log every N iterations; 0 = only after the last one
         "ckpt_every": 100,
         "log_every": 10,
         "seed": 0,
@@ -97,7 +97,9 @@ def merge(base: dict, update: dict, prefix: str = "") -> dict:
         path = f"{prefix}{key}"
         if key not in merged:
             raise ConfigError(f"unknown config key {path!r}{_close_match(key, merged)}")
-        if path in FREE_FORM or merged[key] is None and isinstance(value, dict):
+        if path in FREE_FORM and isinstance(merged[key], dict) and isinstance(value, dict):
+            merged[key] = _merge_free_form(merged[key], value)
+        elif path in FREE_FORM or merged[key] is None and isinstance(value, dict):
             merged[key] = copy.deepcopy(value)
         elif isinstance(merged[key], dict):
             if not isinstance(value, dict):
@@ -105,6 +107,17 @@ def merge(base: dict, update: dict, prefix: str = "") -> dict:
             merged[key] = merge(merged[key], value, prefix=f"{path}.")
         else:
             merged[key] = _check_type(path, merged[key], value)
+    return merged
+
+
+def _merge_free_form(base: dict, update: dict) -> dict:
+    """Merge without a schema: ``--set distill.teacher=X`` changes the teacher and keeps the losses."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(merged.get(key), dict) and isinstance(value, dict):
+            merged[key] = _merge_free_form(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
     return merged
 
 

@@ -75,6 +75,11 @@ def poly_factor(iteration: int, total: int, power: float, warmup: int) -> float:
     return max(0.0, 1.0 - iteration / max(1, total)) ** power
 
 
+def is_due(iteration: int, every: int, total: int) -> bool:
+    """Whether a periodic action (log, validate, checkpoint) runs after ``iteration``; ``every`` <= 0 means at the end."""
+    return iteration == total or every > 0 and iteration % every == 0
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -360,14 +365,14 @@ class Trainer:
                     running[key] = running.get(key, 0.0) + value
                 bar.update(1)
                 bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-                if self.iteration % train_cfg["log_every"] == 0 or self.iteration == total:
+                if is_due(self.iteration, train_cfg["log_every"], total):
                     count = len(step_times)
                     row = {"iteration": self.iteration, "lr": self.scheduler.get_last_lr()[0],
                            "step_s": sum(step_times) / max(1, count)}
                     row.update({key: value / max(1, count) for key, value in running.items()})
                     self._log(row)
                     running, step_times = {}, []
-                if self.iteration % train_cfg["val_every"] == 0 or self.iteration == total:
+                if is_due(self.iteration, train_cfg["val_every"], total):
                     metrics = self.validate(self.config["data"]["val_limit"])
                     self._log({"iteration": self.iteration, "val_miou": metrics["miou"],
                                "val_pixel_acc": metrics["pixel_acc"]})
@@ -375,7 +380,7 @@ class Trainer:
                     if metrics["miou"] > self.best_miou:
                         self.best_miou = metrics["miou"]
                         self._save("best.pt", metrics, with_state=False)
-                if self.iteration % train_cfg["ckpt_every"] == 0 or self.iteration == total:
+                if is_due(self.iteration, train_cfg["ckpt_every"], total):
                     self._save("last.pt", metrics, with_state=True)
         finally:
             bar.close()
