@@ -104,7 +104,7 @@ def _model_rows(out: Path, teacher: Path) -> dict[str, Path]:
 def export_models(out: Path, checkpoints: dict[str, Path], force: bool) -> dict[str, Path]:
     exported = {}
     for role, checkpoint in checkpoints.items():
-        target = out / "onnx" / f"{role.split()[0].lower()}_{checkpoint.parent.name}.onnx"
+        target = out / "onnx" / f"{role.split()[0].lower()}.onnx"
         if force or not target.is_file():
             _quiet_cli(["export", str(checkpoint), "--format", "onnx", "--fuse", "all", "--out", str(target),
                         "--check", "--check-data", "camvid", "--check-images", "4"])

@@ -1,12 +1,12 @@
-"""The quickstart's report figures, on the tiny ONNX models (the whole quickstart trains for minutes: not here)."""
+"""The quickstart: its report figures on the tiny ONNX models, and the whole pipeline with a few iterations."""
 
 from __future__ import annotations
 
 import cv2
 import pytest
 
-from edgeseg.cli import _build_parser
-from edgeseg.quickstart import miou_fps_plot, overlay_grid
+from edgeseg.cli import _build_parser, main
+from edgeseg.quickstart import TEACHER_ASSET, miou_fps_plot, overlay_grid
 from edgeseg.runtime.datasets import open_dataset
 
 
@@ -32,3 +32,23 @@ def test_counts_must_be_positive(option, capsys):
     with pytest.raises(SystemExit) as stop:
         _build_parser("quickstart").parse_args(["quickstart", option, "0"])
     assert stop.value.code == 2 and option in capsys.readouterr().err
+
+
+def test_whole_pipeline_runs_on_the_committed_teacher_and_a_second_run_reuses_it(tmp_path, capsys):
+    assert TEACHER_ASSET.is_file(), "the quickstart's teacher checkpoint is not committed"
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), "--iterations", "2", "--bench-iters", "2"]) == 0
+    report = (out / "report.md").read_text()
+    for role in ("teacher (BiSeNetV2)", "plain student (Fast-SCNN)", "DSD student (Fast-SCNN)"):
+        assert f"| {role} |" in report
+    for picture in ("overlays.png", "miou_vs_fps.png"):
+        assert cv2.imread(str(out / picture)) is not None
+    capture = cv2.VideoCapture(str(out / "video.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == len(open_dataset("camvid", "val"))
+    capture.release()
+    exports = {path: path.stat().st_mtime_ns for path in (out / "onnx").glob("*.onnx")}
+    assert sorted(path.name for path in exports) == ["dsd.onnx", "plain.onnx", "teacher.onnx"]
+    capsys.readouterr()
+    assert main(["quickstart", "--out", str(out), "--iterations", "2", "--bench-iters", "2"]) == 0
+    assert {path: path.stat().st_mtime_ns for path in (out / "onnx").glob("*.onnx")} == exports
+    assert "(parity check passed)" not in capsys.readouterr().out  # nothing exported again
