@@ -7,7 +7,11 @@ spell of a shared machine does not land on one configuration only, and stops the
 asks for the PNG class map of the same 360x480 CamVid JPEG; throughput counts completed requests per wall-clock
 second, latency is measured by the client from sending to the last byte, and the server's CPU time per request is
 read from /proc (unlike throughput, it hardly depends on what else the machine is running). Results go to
-``benchmarks/results/serve_load.{md,json}``.
+``benchmarks/results/serve_load.{md,json}`` (``--results`` names another stem).
+
+Batching can only save network time. ``--send-size`` and ``--answer`` move the balance: a 360x480 JPEG answered with
+a PNG class map (the defaults) spends most of a request on decoding, resizing and encoding, which batching cannot
+share; an image already at the network's size answered with JSON class shares leaves the network as the main cost.
 
 The model: ``--model PATH`` serves that file. Without it the script builds a real student (``--student``, default
 Fast-SCNN, freshly initialised: speed does not depend on the weights), saves an edgeseg checkpoint and exports it with
@@ -15,7 +19,8 @@ Fast-SCNN, freshly initialised: speed does not depend on the weights), saves an 
 
 All traffic goes to 127.0.0.1, the request count and each run's time are bounded, and the script stops by itself.
 
-Usage: ``python benchmarks/serve_load.py [--model M.onnx] [--requests 400] [--concurrency 16] [--rounds 2]``
+Usage: ``python benchmarks/serve_load.py [--model M.onnx] [--requests 400] [--concurrency 16] [--rounds 2]
+[--send-size HxW] [--answer png|json]``
 """
 
 from __future__ import annotations
@@ -37,12 +42,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from edgeseg.runtime.arguments import size_argument
 from edgeseg.runtime.io import write_json_atomic, write_text_atomic
 from edgeseg.runtime.sysinfo import describe_machine, format_machine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_load"
 DEFAULT_IMAGE_DIRS = (Path("/work/shared/data/camvid/images/val"),
                       Path(__file__).resolve().parents[1] / "edgeseg" / "assets" / "camvid_mini" / "images" / "val")
+ANSWERS = {"png": "PNG class map", "json": "JSON class share"}
 CONFIGS = {"no batching": ("--max-batch", "1"), "dynamic batching": ("--max-batch", "8", "--max-wait-ms", "5")}
 START_TIMEOUT_S = 120
 
@@ -98,14 +105,14 @@ def model_only(model: Path, image_bgr: np.ndarray, images_per_size: int = 24, re
             for size, runs in samples.items()}
 
 
-def request_image() -> tuple[Path, np.ndarray, bytes]:
+def request_image(size: tuple[int, int]) -> tuple[Path, np.ndarray, bytes]:
     for folder in DEFAULT_IMAGE_DIRS:
         images = sorted(folder.glob("*.png")) + sorted(folder.glob("*.jpg"))
         if images:
             import cv2
 
             image = cv2.imread(str(images[0]), cv2.IMREAD_COLOR)
-            image = cv2.resize(image, (480, 360), interpolation=cv2.INTER_AREA)
+            image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
             ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
             assert ok
             return images[0], image, data.tobytes()
@@ -145,7 +152,8 @@ class Server:
                 self.process.wait()
 
 
-async def load(server: Server, body: bytes, requests: int, concurrency: int, time_limit_s: float) -> dict:
+async def load(server: Server, body: bytes, answer: str, requests: int, concurrency: int,
+               time_limit_s: float) -> dict:
     """Send ``requests`` POSTs with at most ``concurrency`` in flight; stop early at ``time_limit_s``."""
     latencies: list[float] = []
     errors: list[str] = []
@@ -157,7 +165,7 @@ async def load(server: Server, body: bytes, requests: int, concurrency: int, tim
             async with semaphore:
                 started = time.perf_counter()
                 try:
-                    response = await client.post("/v1/segment", content=body,
+                    response = await client.post(f"/v1/segment?format={answer}", content=body,
                                                  headers={"Content-Type": "image/jpeg"})
                     if response.status_code != 200:
                         errors.append(f"HTTP {response.status_code}: {response.text[:120]}")
@@ -213,19 +221,20 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
-def write_report(result: dict) -> None:
-    write_json_atomic(RESULTS.with_suffix(".json"), result)
+def write_report(result: dict, stem: Path) -> None:
+    write_json_atomic(stem.with_suffix(".json"), result)
     summary = result["summary"]
     baseline, batched = summary["no batching"], summary["dynamic batching"]
     lines = [
         "# edgeseg serve under load",
         "",
         f"{result['requests']} `POST /v1/segment` requests per run, {result['concurrency']} in flight (asyncio + "
-        f"httpx on the same machine), PNG class map answers; image: {result['image']} as a 360x480 JPEG "
+        f"httpx on the same machine), {ANSWERS[result['answer']]} answers; image: {result['image']} as a "
+        f"{result['send_size']} JPEG "
         f"({result['image_bytes']} bytes). Model: {result['model']['description']} "
         f"(`{result['model']['file']}`, input {result['model']['input']}). Runs alternate between the two "
         f"configurations, {result['rounds']} round(s) each; the summary takes the median. "
-        f"Generated by `benchmarks/serve_load.py` on {result['date']}.",
+        f"Generated by `{result['command']}` on {result['date']}.",
         "",
         "| configuration | server flags | throughput (req/s) | p50 (ms) | p99 (ms) | server CPU ms / request "
         "| errors | mean batch |",
@@ -261,23 +270,29 @@ def write_report(result: dict) -> None:
         lines.insert(-4, f"Load average (1 min) before the runs: {result['load_average']} "
                          "(the machine is shared with other jobs).")
         lines.insert(-4, "")
-    write_text_atomic(RESULTS.with_suffix(".md"), "\n".join(lines))
+    write_text_atomic(stem.with_suffix(".md"), "\n".join(lines))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="model to serve (default: export --student at --size)")
     parser.add_argument("--student", default="fastscnn", help="registered student to export when --model is absent")
-    parser.add_argument("--size", default="96x128", help="network input size of the exported student")
+    parser.add_argument("--size", type=size_argument, default=(96, 128), metavar="HxW",
+                        help="network input size of the exported student (default 96x128)")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--time-limit", type=float, default=240.0, help="seconds one run may take")
+    parser.add_argument("--send-size", type=size_argument, default=(360, 480), metavar="HxW",
+                        help="size of the JPEG each request sends (default 360x480)")
+    parser.add_argument("--answer", choices=sorted(ANSWERS), default="png",
+                        help="what the server answers: the class map as PNG (default) or class shares as JSON")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="output path without suffix")
     args = parser.parse_args()
     if not 1 <= args.requests <= 5000 or not 1 <= args.concurrency <= 256:
         parser.error("keep --requests in 1..5000 and --concurrency in 1..256")
 
-    size = tuple(int(v) for v in args.size.split("x"))
+    size = args.size
     with tempfile.TemporaryDirectory(prefix="serve_load_") as scratch:
         if args.model is not None:
             model, description = args.model, "given with --model"
@@ -291,7 +306,7 @@ def main() -> int:
             input_desc = (f"{probe.input_size[0]}x{probe.input_size[1]}" if probe.input_size else "dynamic") + (
                 ", dynamic batch" if probe.meta.batch is None else f", fixed batch {probe.meta.batch}")
             model_name = probe.meta.model
-        image_path, image, body = request_image()
+        image_path, image, body = request_image(args.send_size)
         network = model_only(model, image)
         print("model only, ms per image (wall / CPU): " + ", ".join(
             f"{name} {row['wall_ms_per_image']} / {row['cpu_ms_per_image']}" for name, row in network.items()))
@@ -306,7 +321,8 @@ def main() -> int:
                 servers[name] = Server(model, flags)
             for round_index in range(1, args.rounds + 1):
                 for name in CONFIGS:
-                    run = asyncio.run(load(servers[name], body, args.requests, args.concurrency, args.time_limit))
+                    run = asyncio.run(load(servers[name], body, args.answer, args.requests, args.concurrency,
+                                           args.time_limit))
                     run.update(config=name, round=round_index)
                     runs.append(run)
                     print(f"round {round_index} {name:>16}: {run['throughput_rps']:7.2f} req/s, p50 {run['p50_ms']} "
@@ -318,11 +334,14 @@ def main() -> int:
                 server.stop()
         result = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["python", "benchmarks/serve_load.py", *sys.argv[1:]]),
             "requests": args.requests,
             "concurrency": args.concurrency,
             "rounds": args.rounds,
             "image": str(image_path),
             "image_bytes": len(body),
+            "send_size": f"{args.send_size[0]}x{args.send_size[1]}",
+            "answer": args.answer,
             "model": {"file": Path(model).name, "name": model_name, "input": input_desc, "description": description},
             "configs": {name: list(flags) for name, flags in CONFIGS.items()},
             "load_average": load_average,
@@ -331,10 +350,10 @@ def main() -> int:
             "summary": summarise(runs),
             "machine": describe_machine(),
         }
-    write_report(result)
+    write_report(result, args.results)
     summary = result["summary"]
     ratio = summary["dynamic batching"]["throughput_rps"] / summary["no batching"]["throughput_rps"]
-    print(f"dynamic batching / no batching throughput: {ratio:.2f}x; wrote {RESULTS}.md/.json")
+    print(f"dynamic batching / no batching throughput: {ratio:.2f}x; wrote {args.results}.md/.json")
     return 0 if all(row["errors"] == 0 for row in summary.values()) else 1
 
 
