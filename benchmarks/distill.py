@@ -3,12 +3,13 @@
 Trains every (method, seed) pair of a protocol in ``configs/distill/<protocol>/``, scores each final checkpoint on
 the validation split, measures the step time of every method against the plain student in one timing pass (the
 methods interleaved with plain runs, so machine load affects both alike), and writes
-``benchmarks/results/distill_<name>.{md,json}``.
+``benchmarks/results/distill_<protocol>.{md,json}`` (or ``--results``).
 
 Resumable: a finished run (``metrics.json`` present) is skipped, an interrupted one resumes from its ``last.pt``.
 Spread a long sweep over several sittings by running the same command again.
 
-    python benchmarks/distill.py --protocol camvid_cpu --teacher runs/teacher_r50/best.pt --seeds 0 1
+    python benchmarks/distill.py --protocol camvid_cpu_realtime --teacher edgeseg/assets/teacher_bisenetv2_camvid.pt \
+        --seeds 0 1 --set train.threads=1 --results benchmarks/results/distill_camvid
     python benchmarks/distill.py --protocol camvid_cpu --teacher runs/teacher_r50/best.pt --report-only
 """
 
@@ -222,8 +223,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--runs", type=Path, help="run folders (default runs/distill_<protocol>)")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "distill_camvid",
-                        help="output path without suffix (.md and .json are written)")
+    parser.add_argument("--results", type=Path,
+                        help="output path without suffix, .md and .json are written (default "
+                             "benchmarks/results/distill_<protocol>)")
     parser.add_argument("--timing-steps", type=int, default=6, help="timed steps per method (after 2 warm-up)")
     parser.add_argument("--skip-timing", action="store_true", help="reuse the timing stored in the results JSON")
     parser.add_argument("--report-only", action="store_true", help="write the tables from finished runs only")
@@ -239,6 +241,7 @@ def main() -> None:
     if "plain" not in args.methods:
         args.methods = ["plain", *args.methods]
     runs = args.runs or REPO / "runs" / f"distill_{args.protocol}"
+    args.results = args.results or REPO / "benchmarks" / "results" / f"distill_{args.protocol}"
     if not args.report_only:
         for seed in args.seeds:  # all methods for one seed first, so a cut-short sweep still compares them all
             for method in args.methods:
@@ -251,7 +254,8 @@ def main() -> None:
     if args.skip_timing or args.report_only:
         if previous.is_file():
             old = json.loads(previous.read_text())
-            timings = {row["method"]: row for row in old["rows"] if row.get("step_time_ratio") is not None}
+            if old.get("protocol") == args.protocol:  # another protocol's step times would be wrong here
+                timings = {row["method"]: row for row in old["rows"] if row.get("step_time_ratio") is not None}
     else:
         timings = timing_pass(args)
     summary = summarize(args, runs, timings, teacher_miou(args.teacher, dataset))

@@ -268,8 +268,35 @@ def write_report(out: Path, rows: list[dict], video: dict, machine: str, iterati
     return write_text_atomic(out / "report.md", "\n".join(lines))
 
 
+def _settings(args: argparse.Namespace) -> dict:
+    from edgeseg.runtime.io import file_sha256
+
+    return {"iterations": args.iterations, "bench_iters": args.bench_iters,
+            "teacher_sha256": file_sha256(args.teacher)}
+
+
+def _settings_changed(out: Path, settings: dict) -> bool:
+    """True when the artefacts in ``out`` may come from other settings and must not be reused under these.
+
+    ``settings.json`` names the settings of the last finished run (or, before any run has finished, of the first
+    one started), so an interrupted run with new settings is redone in full the next time too.
+    """
+    from edgeseg.runtime.io import write_json_atomic
+
+    path = out / "settings.json"
+    if not path.is_file():
+        write_json_atomic(path, settings)
+        return False
+    previous = json.loads(path.read_text())
+    if previous != settings:
+        print(f"    {out} holds artefacts made with other settings ({previous}): redoing every stage")
+        return True
+    return False
+
+
 def run_quickstart(args: argparse.Namespace) -> int:
     from edgeseg.runtime.errors import ConfigError
+    from edgeseg.runtime.io import write_json_atomic
     from edgeseg.runtime.sysinfo import describe_machine, format_machine
 
     started = time.perf_counter()
@@ -280,27 +307,29 @@ def run_quickstart(args: argparse.Namespace) -> int:
     if not args.teacher.is_file():
         raise ConfigError(f"teacher checkpoint {args.teacher} not found; train one with "
                           f"'edgeseg train configs/camvid/teacher_bisenetv2_cpu.yaml' and pass --teacher")
-    _done(t, "committed checkpoint, frozen during distillation")
+    settings = _settings(args)
+    force = _settings_changed(out, settings) or args.force
+    _done(t, "frozen during distillation")
 
     t = _stage(2, STAGES[1], f"Fast-SCNN, {args.iterations} iterations")
-    train_student(out / "plain", args.iterations, None, args.force)
+    train_student(out / "plain", args.iterations, None, force)
     _done(t, "trained")
     t = _stage(3, STAGES[2], f"Fast-SCNN + DSD from the teacher, {args.iterations} iterations")
-    train_student(out / "dsd", args.iterations, args.teacher, args.force)
+    train_student(out / "dsd", args.iterations, args.teacher, force)
     _done(t, "trained")
 
     checkpoints = _model_rows(out, args.teacher)
     t = _stage(4, STAGES[3], "fused ONNX (uint8 in, class ids out) with a parity check")
-    exported = export_models(out, checkpoints, args.force)
+    exported = export_models(out, checkpoints, force)
     _done(t, "exported")
     t = _stage(5, STAGES[4], "ONNX Runtime on the sample's val split")
-    scores = score_models(out, exported, args.force)
+    scores = score_models(out, exported, force)
     _done(t, "scored")
     t = _stage(6, STAGES[5], "model-only and end-to-end latency, ONNX Runtime CPU")
-    speeds = time_models(out, exported, args.bench_iters, args.force)
+    speeds = time_models(out, exported, args.bench_iters, force)
     _done(t, "timed")
     t = _stage(7, STAGES[6], "the DSD student over the sample's val frames")
-    video = segment_clip(out, exported["DSD student (Fast-SCNN)"], args.force)
+    video = segment_clip(out, exported["DSD student (Fast-SCNN)"], force)
     _done(t, "segmented")
 
     t = _stage(8, STAGES[7])
@@ -311,6 +340,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
     miou_fps_plot(out, rows)
     report = write_report(out, rows, video, format_machine(describe_machine()).splitlines()[0], args.iterations,
                           time.perf_counter() - started)
+    write_json_atomic(out / "settings.json", settings)
     _done(t, f"wrote {report}, overlays.png, miou_vs_fps.png")
     print(f"\nquickstart finished in {(time.perf_counter() - started) / 60:.1f} min: see {report}")
     return 0

@@ -149,12 +149,21 @@ class Segmenter:
         return np.ascontiguousarray(batch.transpose(0, 2, 3, 1)) if channels_last else batch
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Backend inference only; batches larger than the model's fixed batch are run in pieces and joined."""
-        limit = self.backend.max_batch
-        if not limit or len(batch) <= limit:
+        """Backend inference only. Batches larger than the backend takes run in pieces; a model with a fixed batch
+        (e.g. exported with ``--batch 4``) gets each short piece padded with copies of its last image, and only the
+        real images' outputs come back."""
+        limit, fixed = self.backend.max_batch, self.meta.batch
+        if (not limit or len(batch) <= limit) and (not fixed or len(batch) == fixed):
             return self.backend.run(batch)
-        return np.concatenate([self.backend.run(batch[start:start + limit])
-                               for start in range(0, len(batch), limit)])
+        step = limit or len(batch)
+        outputs = []
+        for start in range(0, len(batch), step):
+            piece = batch[start:start + step]
+            count = len(piece)
+            if fixed and count < fixed:
+                piece = np.concatenate([piece, np.repeat(piece[-1:], fixed - count, axis=0)])
+            outputs.append(self.backend.run(piece)[:count])
+        return np.concatenate(outputs)
 
     def class_ids(self, raw: np.ndarray) -> np.ndarray:
         """Raw network output -> NHW uint8 class ids at network resolution (argmax unless fused in the graph)."""

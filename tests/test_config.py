@@ -34,6 +34,18 @@ def test_type_must_match_default():
     assert resolve_config(None, ["optim.lr=1"])["optim"]["lr"] == 1.0  # int accepted for float, stored as float
 
 
+def test_yaml_1_1_spellings_and_size_forms(tmp_path):
+    config = resolve_config(write(tmp_path, "train:\n  amp: off\n  channels_last: false\noptim:\n  lr: 1e-3\n"),
+                            ["data.base_size=360x480", "data.crop_size=[128, 160]"])
+    assert config["train"]["amp"] == "off"             # YAML reads off as False; the setting is a string
+    assert config["train"]["channels_last"] is False   # this one really takes a boolean
+    assert config["optim"]["lr"] == 0.001              # YAML reads 1e-3 (no dot) as a string
+    assert config["data"]["base_size"] == [360, 480] and config["data"]["crop_size"] == [128, 160]
+    for bad in ("data.base_size=512", "data.eval_size=[0, 4]", "data.crop_size=360x"):
+        with pytest.raises(ConfigError, match=r"must be \[H, W\] or HxW"):
+            resolve_config(None, [bad])
+
+
 def test_free_form_sections_and_none_defaults(tmp_path):
     config = resolve_config(write(tmp_path, "model:\n  kwargs: {output_stride: 16}\ndistill:\n  teacher: t.pt\n"),
                             ["data.base_size=[180, 240]"])

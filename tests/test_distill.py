@@ -91,6 +91,9 @@ def test_knowledge_adaptation_trains_and_caches_its_autoencoder(teacher_path, tm
     trainer.fit()
     assert set(load_checkpoint(tmp_path / "b" / "last.pt")["state_dict"]) == \
         set(create_model("tiny_segnet", num_classes=11).state_dict())
+    # Another autoencoder learning rate is another encoder: trained anew, cached beside the first.
+    Trainer(distill_config(teacher_path, losses, autoencoder={**auto, "lr": 0.05}), tmp_path / "c")
+    assert "training" in capsys.readouterr().out and len(list(cache.glob("*.pt"))) == 2
 
 
 def test_config_errors_name_the_problem(teacher_path, tmp_path):
@@ -161,3 +164,27 @@ def test_distillation_configs_are_what_their_generator_writes(tmp_path):
     assert generated == sorted(p.relative_to(shipped) for p in shipped.rglob("*.yaml"))
     for relative in generated:
         assert (tmp_path / relative).read_text() == (shipped / relative).read_text(), relative
+
+
+def test_teacher_precision_setting(monkeypatch):
+    from edgeseg.training import amp
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp.teacher_autocast_dtype("off", cpu, None) is None
+    assert amp.teacher_autocast_dtype("bf16", cpu, None) is torch.bfloat16
+    assert amp.teacher_autocast_dtype("auto", cuda, torch.float16) is torch.float16  # follows the training AMP
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: False)
+    assert amp.teacher_autocast_dtype("auto", cpu, None) is None
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: True)
+    assert amp.teacher_autocast_dtype("auto", cpu, None) is torch.bfloat16
+    with pytest.raises(ConfigError, match="distill.teacher_amp must be"):
+        amp.teacher_autocast_dtype("half", cpu, None)
+
+
+def test_a_bf16_teacher_feeds_float32_losses(teacher_path, tmp_path):
+    trainer = Trainer(distill_config(teacher_path, METHODS["dsd"], teacher_amp="bf16"), tmp_path)
+    assert trainer.distiller.teacher_dtype is torch.bfloat16
+    images = torch.rand(2, 3, 64, 96)
+    trainer.model(images)
+    total, parts = trainer.distiller.losses(images, torch.zeros(2, 64, 96, dtype=torch.long))
+    assert total.dtype == torch.float32 and torch.isfinite(total) and total > 0

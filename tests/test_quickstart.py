@@ -52,3 +52,8 @@ def test_whole_pipeline_runs_on_the_committed_teacher_and_a_second_run_reuses_it
     assert main(["quickstart", "--out", str(out), "--iterations", "2", "--bench-iters", "2"]) == 0
     assert {path: path.stat().st_mtime_ns for path in (out / "onnx").glob("*.onnx")} == exports
     assert "(parity check passed)" not in capsys.readouterr().out  # nothing exported again
+    # Other settings must not reuse those artefacts.
+    assert main(["quickstart", "--out", str(out), "--iterations", "1", "--bench-iters", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "redoing every stage" in printed and printed.count("(parity check passed)") == 3
+    assert "Fast-SCNN, 1 iterations" in (out / "report.md").read_text()

@@ -81,6 +81,27 @@ def test_fused_and_unfused_give_the_same_map_on_resized_images(segmenters):
     np.testing.assert_array_equal(dynamic, fused_dynamic)
 
 
+def test_a_fixed_batch_of_three_pads_short_calls_and_returns_only_real_images(tmp_path, segmenters):
+    from conftest import TINY_SIZE, build_tiny_model
+
+    h, w = TINY_SIZE
+    path = build_tiny_model(tmp_path / "tiny_b3.onnx", False, h, w, 3,
+                            tiny_metadata("tiny-b3", (h, w), fused=False, batch=3))
+    images = [random_image(64, 64, seed) for seed in range(4)] + [quadrant_image(128)]
+    with Segmenter.load(path) as segmenter:
+        assert segmenter.backend.max_batch == 3
+        calls = []
+        original_run = segmenter.backend.run
+        segmenter.backend.run = lambda batch: calls.append(len(batch)) or original_run(batch)
+        maps = segmenter.segment_batch(images)
+        single = segmenter.segment(images[0])
+    assert calls == [3, 3, 3]  # 3 + (2 padded to 3), then one image padded to 3
+    assert len(maps) == 5
+    np.testing.assert_array_equal(single, segmenters["static"].segment(images[0]))
+    for image, class_map in zip(images, maps):
+        np.testing.assert_array_equal(class_map, segmenters["static"].segment(image))
+
+
 def test_segment_batch_handles_mixed_sizes_and_splits_a_fixed_batch(segmenters):
     segmenter = segmenters["static"]
     assert segmenter.backend.max_batch == 1

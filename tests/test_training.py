@@ -84,6 +84,15 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_resume_applies_the_configs_optimizer_settings(tmp_path):
+    Trainer(tiny_config("train.iterations=4", "optim.warmup_iters=0"), tmp_path).fit()
+    config = tiny_config("train.iterations=8", "optim.warmup_iters=0", "optim.lr=0.5", "optim.weight_decay=0.25")
+    resumed = Trainer(config, tmp_path, resume_from=tmp_path)
+    group = resumed.optimizer.param_groups[0]
+    assert group["lr"] == pytest.approx(0.5 * poly_factor(4, 8, config["optim"]["poly_power"], 0))
+    assert group["weight_decay"] == 0.25 and resumed.scheduler.base_lrs == [0.5]
+
+
 def test_killed_cli_run_resumes_from_last_checkpoint(tmp_path):
     out = tmp_path / "run"
     args = [sys.executable, "-m", "edgeseg.cli", "train", "--out", str(out)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,25 @@ def _close_match(key: str, options) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+# Sizes as [H, W]; "HxW" (the form of the CLI's --size options) is accepted too.
+SIZE_KEYS = {"data.base_size", "data.crop_size", "data.eval_size"}
+# String settings that also take true/false.
+BOOL_OR_STRING = {"train.channels_last"}
+
+
+def _check_size(path: str, value: Any) -> list[int]:
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*x\s*\d+\s*", value):
+        value = [int(v) for v in value.split("x")]
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise ConfigError(f"{path} must be [H, W] or HxW with positive integers, got {value!r}")
+    return list(value)
+
+
 def _check_type(path: str, default: Any, value: Any) -> Any:
     """Keep a value's type equal to its default's; ints may stand for floats, None defaults take anything."""
+    if path in SIZE_KEYS and value is not None:
+        return _check_size(path, value)
     if default is None or value is None:
         return value
     if isinstance(default, bool):
@@ -83,8 +101,14 @@ def _check_type(path: str, default: Any, value: Any) -> Any:
         return value
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if isinstance(default, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if isinstance(default, str) and isinstance(value, bool):
-        return value  # e.g. channels_last: "auto" | true | false
+        # YAML 1.1 reads on/off/yes/no as booleans: `amp: off` means the string "off".
+        return value if path in BOOL_OR_STRING else ("on" if value else "off")
     if not isinstance(value, type(default)):
         raise ConfigError(f"{path} must be {type(default).__name__} like its default {default!r}, got {value!r}")
     return value

@@ -130,6 +130,9 @@ class Trainer:
                                        device=self.device, amp_dtype=self.amp_dtype, out_dir=self.out_dir,
                                        train_set=self.train_set, train_transform=self.train_transform,
                                        seed=train_cfg["seed"])
+            if self.distributed:  # ranks seed differently; DDP syncs the student, the adapters need the same
+                for tensor in self.distiller.state_dict().values():
+                    dist.broadcast(tensor, src=0)
 
         self.net = self.model
         if self.distributed:
@@ -217,12 +220,25 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        self._apply_optim_config()
         self.iteration = int(state["iteration"])
         self.best_miou = float(state["best_miou"])
         self.history = list(state.get("history", []))
         torch.set_rng_state(state["torch_rng"])
         if self.rank == 0:
             print(f"resumed from {path} at iteration {self.iteration}")
+
+    def _apply_optim_config(self) -> None:
+        """After a resume: the optimizer state brings back the hyper-parameters it was saved with, but the run's
+        config (which ``--set optim.lr=...`` may have changed) is what applies from here on."""
+        optim_cfg = self.config["optim"]
+        self.scheduler.base_lrs = [optim_cfg["lr"]] * len(self.optimizer.param_groups)
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group.update(initial_lr=optim_cfg["lr"], lr=optim_cfg["lr"] * factor,
+                         weight_decay=optim_cfg["weight_decay"])
+            if "momentum" in group:
+                group["momentum"] = optim_cfg["momentum"]
 
     # ----------------------------------------------------------------------------------------------- loop
     def _train_loader(self) -> tuple[DataLoader, EpochSampler]:

@@ -5,6 +5,8 @@ Config schema (the ``distill`` section of a training config)::
     distill:
       teacher: runs/teacher/best.pt     # an edgeseg checkpoint; frozen, eval mode, no gradients
       task_weight: 1.0                  # weight of the student's own cross entropy (0 turns it off, e.g. for ACE)
+      teacher_amp: auto                 # teacher forward dtype: auto (training AMP on CUDA, bf16 on CPUs with
+                                        # native bf16), bf16, fp16 or off
       losses:
         - {name: psd, weight: 1000.0, student: [stage2, stage3, stage4], teacher: [stage2, stage3, stage4]}
         - {name: kd, weight: 1.0, student: [logits], teacher: [logits], params: {temperature: 1.0}}
@@ -18,6 +20,8 @@ Every loss owns its training-only adapters, so the student's ``state_dict`` (and
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -27,7 +31,7 @@ from torch import nn
 from edgeseg.runtime.errors import ConfigError
 from edgeseg.runtime.io import file_sha256
 
-from ..amp import autocast
+from ..amp import autocast, teacher_autocast_dtype
 from ..checkpoint import build_model_from_card, card_classes, load_checkpoint
 from .hooks import FeatureTaps
 from .losses import build_loss
@@ -52,11 +56,12 @@ class Distiller:
                  seed: int = 0) -> None:
         if not isinstance(config, dict) or "teacher" not in config:
             raise ConfigError("distill needs a 'teacher' checkpoint path")
-        unknown = set(config) - {"teacher", "task_weight", "losses", "autoencoder"}
+        unknown = set(config) - {"teacher", "task_weight", "losses", "autoencoder", "teacher_amp"}
         if unknown:
             raise ConfigError(f"unknown distill keys {sorted(unknown)}; expected teacher, task_weight, losses, "
-                              f"autoencoder")
+                              f"autoencoder, teacher_amp")
         self.device, self.amp_dtype = device, amp_dtype
+        self.teacher_dtype = teacher_autocast_dtype(config.get("teacher_amp", "auto"), device, amp_dtype)
         self.task_weight = float(config.get("task_weight", 1.0))
         self.teacher_path = Path(config["teacher"])
         card = load_checkpoint(self.teacher_path)
@@ -137,10 +142,17 @@ class Distiller:
         cache_dir = Path(settings["cache_dir"] or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                          / "edgeseg" / "autoencoders")
         digest = file_sha256(self.teacher_path)[:16]
+        # Everything else that shapes the trained encoder, so that a changed setting never loads a stale one.
+        recipe = json.dumps({"settings": {k: v for k, v in settings.items() if k != "cache_dir"}, "seed": seed,
+                             "teacher_dtype": str(self.teacher_dtype),
+                             "data": repr(train_set), "crop": getattr(transform, "crop_size", None),
+                             "base": getattr(transform, "base_size", None),
+                             "scale": getattr(transform, "scale_range", None)}, sort_keys=True, default=str)
+        recipe_digest = hashlib.sha256(recipe.encode()).hexdigest()[:8]
         for spec, loss in needing:
             layer = spec["teacher"][-1]
             latent = int(loss.latent_channels)
-            name = f"{self.teacher_name}-{digest}-{layer}-{latent}-{settings['iterations']}.pt"
+            name = f"{self.teacher_name}-{digest}-{layer}-{latent}-{recipe_digest}.pt"
             cache = cache_dir / name
             loss.set_encoder(self._autoencoder(cache, layer, latent, settings, train_set, transform, seed))
 
@@ -168,7 +180,7 @@ class Distiller:
             def teacher_features():
                 while True:
                     for images, _ in loader:
-                        with torch.no_grad(), autocast(self.device, self.amp_dtype):
+                        with torch.no_grad(), autocast(self.device, self.teacher_dtype):
                             self.teacher(images.to(self.device))
                         (feature,) = self.teacher_taps.take([layer])
                         self.teacher_taps.clear()
@@ -187,7 +199,7 @@ class Distiller:
     # ---------------------------------------------------------------------------------------------- training
     def losses(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted distillation loss for the student forward pass that just ran on ``images``."""
-        with torch.no_grad(), autocast(self.device, self.amp_dtype):
+        with torch.no_grad(), autocast(self.device, self.teacher_dtype):
             self.teacher(images)
         total = images.new_zeros((), dtype=torch.float32)
         parts: dict[str, torch.Tensor] = {}
