@@ -45,7 +45,7 @@ def run_train(args: argparse.Namespace) -> int:
     trainer = Trainer(config, out, resume_from=args.resume)
     result = trainer.fit()
     final = result["final"]
-    if final:
+    if final and trainer.rank == 0:  # one summary line, not one per DDP process
         print(f"done: {result['iterations']} iterations, val mIoU {100 * final['miou']:.2f} "
               f"(best {100 * result['best_miou']:.2f}); checkpoint {Path(out) / 'last.pt'}")
     return 0
