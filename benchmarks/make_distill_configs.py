@@ -25,6 +25,7 @@ PROTOCOLS = {
                     "AMP. Train the teacher first with the same data settings (80k iterations) and point "
                     "distill.teacher at it."),
         "teacher": "runs/cityscapes_teacher_deeplabv3_resnet101/best.pt",
+        "psd_positions": 64 * 128,  # 512x1024 crop, stage taps at output stride 8
         "model": {"name": "deeplabv3_resnet18", "kwargs": {}},
         "data": {"dataset": "cityscapes:data/cityscapes", "base_size": None, "crop_size": [512, 1024],
                  "scale_range": [0.5, 2.0], "batch_size": 8, "workers": 8},
@@ -37,6 +38,7 @@ PROTOCOLS = {
         "comment": ("CamVid at full 360x480 on a CUDA GPU: DeepLabV3-ResNet50 (OS 8) teacher -> DeepLabV3-ResNet18 "
                     "(OS 8) student, 360x360 crops as in CIRKD, batch 8, 8k iterations, bf16 AMP."),
         "teacher": "runs/teacher_r50_gpu/best.pt",
+        "psd_positions": 45 * 45,  # 360x360 crop, output stride 8
         "model": {"name": "deeplabv3_resnet18", "kwargs": {}},
         "data": {"dataset": "camvid:../shared/data/camvid", "base_size": None, "crop_size": [360, 360],
                  "scale_range": [0.5, 2.0], "batch_size": 8, "workers": 6},
@@ -51,6 +53,7 @@ PROTOCOLS = {
                     "16 so the teacher's forward pass costs about what the student's does. One distilled run takes "
                     "about 30 minutes on an idle 2-core machine."),
         "teacher": "runs/teacher_r50/best.pt",
+        "psd_positions": 8 * 10,  # 128x160 crop, output stride 16
         "model": {"name": "deeplabv3_resnet18", "kwargs": {"output_stride": 16}},
         "data": {"dataset": "camvid:../shared/data/camvid", "base_size": [180, 240], "crop_size": [128, 160],
                  "scale_range": [0.75, 1.5], "batch_size": 8, "workers": 1},
@@ -65,6 +68,7 @@ PROTOCOLS = {
                     "batch 8, 500 iterations. Stage taps are paired by stride (Fast-SCNN 8/16/32 against "
                     "BiSeNetV2's detail/semantic stages at the same strides)."),
         "teacher": "edgeseg/assets/teacher_bisenetv2_camvid.pt",
+        "psd_positions": 16 * 20,  # 128x160 crop, BiSeNetV2's feature tap at stride 8
         "taps": {"student": ["stage1", "stage2", "stage3", "feature"],
                  "teacher": ["stage2", "stage3", "stage4", "feature"]},
         "model": {"name": "fastscnn", "kwargs": {}},
@@ -76,6 +80,11 @@ PROTOCOLS = {
         "autoencoder": {"iterations": 200, "batch_size": 8},
     },
 }
+
+# PSD's loss is a mean over the positions of unit-norm residual maps, so its size goes as 1 / positions: the
+# re-implementation's weight (1000, for 64x128 positions) is scaled by each protocol's positions to keep the term's
+# strength. Unscaled at 16x20 positions it outweighed the cross entropy about 4:1 at the start of training.
+PSD_REFERENCE = {"weight": 1000.0, "positions": 64 * 128}
 
 # DSD's stage taps where both networks are ResNets (a protocol's "taps" overrides them for other pairs).
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -102,16 +111,21 @@ METHODS = {
 }
 
 
+def _protocol_dsd(loss: dict, spec: dict, psd_weight: float) -> dict:
+    loss = {**loss, "params": {**loss["params"], "psd_weight": psd_weight}}
+    if "taps" in spec:
+        loss.update(student=spec["taps"]["student"] + ["logits"], teacher=spec["taps"]["teacher"] + ["logits"])
+    return loss
+
+
 def build(protocol: str, method: str) -> dict:
     spec = PROTOCOLS[protocol]
     config = {"name": f"{protocol}_{method}", "model": spec["model"], "data": spec["data"], "optim": spec["optim"],
               "train": spec["train"]}
     if METHODS[method] is not None:
         losses, task_weight, needs_autoencoder = METHODS[method]
-        if "taps" in spec:
-            losses = [{**loss, "student": spec["taps"]["student"] + ["logits"],
-                       "teacher": spec["taps"]["teacher"] + ["logits"]} if loss["name"] == "dsd" else loss
-                      for loss in losses]
+        psd_weight = round(PSD_REFERENCE["weight"] * spec["psd_positions"] / PSD_REFERENCE["positions"], 1)
+        losses = [_protocol_dsd(loss, spec, psd_weight) if loss["name"] == "dsd" else loss for loss in losses]
         config["distill"] = {"teacher": spec["teacher"], "task_weight": task_weight, "losses": losses}
         if needs_autoencoder:
             config["distill"]["autoencoder"] = spec["autoencoder"]
