@@ -128,8 +128,7 @@ class Trainer:
 
             self.distiller = Distiller(config["distill"], student=self.model, classes=self.classes,
                                        device=self.device, amp_dtype=self.amp_dtype, out_dir=self.out_dir,
-                                       train_set=self.train_set, train_transform=self.train_transform,
-                                       seed=train_cfg["seed"])
+                                       train_set=self.train_set, train_transform=self.train_transform)
             if self.distributed:  # ranks seed differently; DDP syncs the student, the adapters need the same
                 for tensor in self.distiller.state_dict().values():
                     dist.broadcast(tensor, src=0)

@@ -38,6 +38,7 @@ from .losses import build_loss
 
 LOSS_KEYS = {"name", "weight", "student", "teacher", "params"}
 AUTOENCODER_DEFAULTS = {"iterations": 400, "lr": 0.1, "cache_dir": None, "batch_size": 8}
+AUTOENCODER_SEED = 0
 
 
 def _as_list(value, where: str) -> list[str]:
@@ -52,8 +53,7 @@ class Distiller:
     """Runs the teacher beside the student and turns their tapped layers into the weighted distillation loss."""
 
     def __init__(self, config: dict, *, student: nn.Module, classes, device: torch.device,
-                 amp_dtype: torch.dtype | None, out_dir: Path, train_set=None, train_transform=None,
-                 seed: int = 0) -> None:
+                 amp_dtype: torch.dtype | None, out_dir: Path, train_set=None, train_transform=None) -> None:
         if not isinstance(config, dict) or "teacher" not in config:
             raise ConfigError("distill needs a 'teacher' checkpoint path")
         unknown = set(config) - {"teacher", "task_weight", "losses", "autoencoder", "teacher_amp"}
@@ -93,7 +93,7 @@ class Distiller:
             except (ValueError, TypeError) as err:
                 raise ConfigError(f"distill loss {spec['name']!r}: {err}") from err
             self.criteria.append(loss.to(device))
-        self._prepare_autoencoders(config.get("autoencoder") or {}, train_set, train_transform, seed)
+        self._prepare_autoencoders(config.get("autoencoder") or {}, train_set, train_transform)
 
     # ---------------------------------------------------------------------------------------------- set-up
     @staticmethod
@@ -130,8 +130,12 @@ class Distiller:
         self.teacher_taps.clear()
         return channels
 
-    def _prepare_autoencoders(self, config: dict, train_set, transform, seed: int) -> None:
-        """Train (or load from cache) the teacher-feature autoencoder of every loss that needs one."""
+    def _prepare_autoencoders(self, config: dict, train_set, transform) -> None:
+        """Train (or load from cache) the teacher-feature autoencoder of every loss that needs one.
+
+        As in the paper, the autoencoder is pre-trained once per teacher, with its own fixed seed: students trained
+        with different seeds share it, and only the student's training varies between them.
+        """
         needing = [(spec, loss) for spec, loss in zip(self.specs, self.criteria) if hasattr(loss, "set_encoder")]
         if not needing:
             return
@@ -143,8 +147,8 @@ class Distiller:
                          / "edgeseg" / "autoencoders")
         digest = file_sha256(self.teacher_path)[:16]
         # Everything else that shapes the trained encoder, so that a changed setting never loads a stale one.
-        recipe = json.dumps({"settings": {k: v for k, v in settings.items() if k != "cache_dir"}, "seed": seed,
-                             "teacher_dtype": str(self.teacher_dtype),
+        recipe = json.dumps({"settings": {k: v for k, v in settings.items() if k != "cache_dir"},
+                             "seed": AUTOENCODER_SEED, "teacher_dtype": str(self.teacher_dtype),
                              "data": repr(train_set), "crop": getattr(transform, "crop_size", None),
                              "base": getattr(transform, "base_size", None),
                              "scale": getattr(transform, "scale_range", None)}, sort_keys=True, default=str)
@@ -154,7 +158,8 @@ class Distiller:
             latent = int(loss.latent_channels)
             name = f"{self.teacher_name}-{digest}-{layer}-{latent}-{recipe_digest}.pt"
             cache = cache_dir / name
-            loss.set_encoder(self._autoencoder(cache, layer, latent, settings, train_set, transform, seed))
+            loss.set_encoder(self._autoencoder(cache, layer, latent, settings, train_set, transform,
+                                               AUTOENCODER_SEED))
 
     def _autoencoder(self, cache: Path, layer: str, latent: int, settings: dict, train_set, transform, seed: int):
         from edgeseg.runtime.io import atomic_path
