@@ -39,7 +39,7 @@ def test_whole_pipeline_runs_on_the_committed_teacher_and_a_second_run_reuses_it
     out = tmp_path / "qs"
     assert main(["quickstart", "--out", str(out), "--iterations", "2", "--bench-iters", "2"]) == 0
     report = (out / "report.md").read_text()
-    for role in ("teacher (BiSeNetV2)", "plain student (Fast-SCNN)", "DSD student (Fast-SCNN)"):
+    for role in ("teacher (BiSeNetV2)", "plain student (Fast-SCNN)", "CSC+ACE student (Fast-SCNN)"):
         assert f"| {role} |" in report
     for picture in ("overlays.png", "miou_vs_fps.png"):
         assert cv2.imread(str(out / picture)) is not None
@@ -47,7 +47,7 @@ def test_whole_pipeline_runs_on_the_committed_teacher_and_a_second_run_reuses_it
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == len(open_dataset("camvid", "val"))
     capture.release()
     exports = {path: path.stat().st_mtime_ns for path in (out / "onnx").glob("*.onnx")}
-    assert sorted(path.name for path in exports) == ["dsd.onnx", "plain.onnx", "teacher.onnx"]
+    assert sorted(path.name for path in exports) == ["csc_ace.onnx", "plain.onnx", "teacher.onnx"]
     capsys.readouterr()
     assert main(["quickstart", "--out", str(out), "--iterations", "2", "--bench-iters", "2"]) == 0
     assert {path: path.stat().st_mtime_ns for path in (out / "onnx").glob("*.onnx")} == exports
