@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -146,11 +145,11 @@ def teacher_miou(teacher: str, dataset: str) -> dict:
 
 
 def machine() -> str:
-    from edgeseg.runtime.sysinfo import describe_machine
+    from edgeseg.runtime.sysinfo import describe_machine, format_machine
 
     info = describe_machine()
     gpus = ", ".join(g.get("name", "?") for g in info.get("gpus", [])) or "no GPU"
-    return f"{info.get('cpu', platform.processor())}, {info.get('cores')} cores, {gpus}, {platform.system()}"
+    return f"{format_machine(info).splitlines()[0]}; {gpus}"
 
 
 def summarize(args, runs: Path, timings: dict | None, teacher: dict) -> dict:

@@ -44,7 +44,7 @@ def add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
     from edgeseg.runtime.arguments import count_argument
 
     parser.description = (
-        "Run the whole pipeline on the embedded CamVid sample (CPU: about 3 minutes on 2 idle cores): distil a "
+        "Run the whole pipeline on the embedded CamVid sample (CPU: about 6 minutes on 2 idle cores): distil a "
         "Fast-SCNN student from the committed BiSeNetV2 teacher with CSC+ACE next to a plain one, export both and the "
         "teacher to fused ONNX, score them through ONNX Runtime, time them, segment a clip, and write "
         "DIR/report.md. A second run reuses what DIR holds.")
