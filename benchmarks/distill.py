@@ -254,10 +254,13 @@ def main() -> None:
         if previous.is_file():
             old = json.loads(previous.read_text())
             if old.get("protocol") == args.protocol:  # another protocol's step times would be wrong here
-                timings = {row["method"]: row for row in old["rows"] if row.get("step_time_ratio") is not None}
+                timings = {row["method"]: {**row, "peak_mem_kind": old.get("memory_kind")}
+                           for row in old["rows"] if row.get("step_time_ratio") is not None}
     else:
         timings = timing_pass(args)
     summary = summarize(args, runs, timings, teacher_miou(args.teacher, dataset))
+    if args.report_only and previous.is_file():  # the timings still come from the run that measured them
+        summary["command"] = json.loads(previous.read_text())["command"] + " (tables rewritten with --report-only)"
     from edgeseg.runtime.io import write_json_atomic, write_text_atomic
 
     write_json_atomic(args.results.with_suffix(".json"), summary)
