@@ -1,9 +1,10 @@
 """``edgeseg quickstart``: the whole pipeline on the embedded CamVid sample, on a CPU, in minutes.
 
-Stages: the committed BiSeNetV2 teacher -> a plain Fast-SCNN student and a CSC+ACE-distilled one (same data, iterations
-and seed) -> fused ONNX exports with a parity check -> mIoU through ONNX Runtime -> latency/FPS -> a segmented video
-of the sample's frames -> ``report.md`` with a table, sample overlays and an mIoU-vs-FPS plot. Every stage keeps
-its artefacts in the output folder and is skipped on a second run unless ``--force``.
+Stages: the committed BiSeNetV2 teacher -> a plain Fast-SCNN student and a CSC+ACE-distilled one (same data,
+iterations and seed) -> fused ONNX exports with a parity check -> mIoU through ONNX Runtime -> latency/FPS -> a
+segmented video of the sample's frames -> ``report.md`` with a table, sample overlays and an mIoU-vs-FPS plot. Every
+stage keeps its artefacts in the output folder and is skipped on a second run unless ``--force`` (or unless the
+settings changed).
 """
 
 from __future__ import annotations
@@ -250,7 +251,8 @@ def write_report(out: Path, rows: list[dict], video: dict, machine: str, iterati
         "Data: the embedded CamVid sample (`edgeseg/assets/camvid_mini`, 240x180, 123 train / 26 val images, "
         "CC BY-NC 4.0). The teacher was trained on full CamVid train at the same resolution "
         "(`configs/camvid/teacher_bisenetv2_cpu.yaml`). Both students: Fast-SCNN, "
-        f"{iterations} iterations, same data, schedule and seed; the distilled one adds CSC + ACE (channel and spatial correlation, adaptive cross entropy).", "",
+        f"{iterations} iterations, same data, schedule and seed; the distilled one adds CSC + ACE (channel and "
+        "spatial correlation, adaptive cross entropy).", "",
         "mIoU is measured through the exported, fused ONNX models on ONNX Runtime (CPU); FPS is model-only at the "
         "network size, e2e FPS includes resizing a 540x960 frame, pre- and post-processing.", "",
         "| model | params (M) | GFLOPs | input | mIoU (%) | FPS | e2e FPS |",
@@ -260,9 +262,9 @@ def write_report(out: Path, rows: list[dict], video: dict, machine: str, iterati
         lines.append(f"| {row['role']} | {row['params_m']:.2f} | {row['gflops']:.2f} | {row['size'][0]}x"
                      f"{row['size'][1]} | {100 * row['miou']:.1f} | {row['fps']:.1f} | {row['e2e_fps']:.1f} |")
     gain = 100 * (distilled["miou"] - plain["miou"])
-    lines += ["", f"CSC+ACE student vs plain student: {gain:+.1f} mIoU points, one seed each: a hint, not a measurement "
-                  "(two seeds of the plain student on full CamVid differ by 3 points; the seed-averaged comparison of "
-                  "every method is benchmarks/results/distill_camvid.md).", "",
+    lines += ["", f"CSC+ACE student vs plain student: {gain:+.1f} mIoU points, one seed each: a hint, not a "
+                  "measurement (two seeds of the plain student on full CamVid differ by 3 points; the seed-averaged "
+                  "comparison of every method is benchmarks/results/distill_camvid.md).", "",
               "![sample overlays](overlays.png)", "", "![mIoU vs FPS](miou_vs_fps.png)", "",
               f"Video: `video.mp4`, {video['frames']} frames of the sample's val sequence segmented by the CSC+ACE "
               f"student at {video['fps']:.1f} FPS end-to-end.", ""]

@@ -76,7 +76,7 @@ def poly_factor(iteration: int, total: int, power: float, warmup: int) -> float:
 
 
 def is_due(iteration: int, every: int, total: int) -> bool:
-    """Whether a periodic action (log, validate, checkpoint) runs after ``iteration``; ``every`` <= 0 means at the end."""
+    """Whether a periodic action (log, validate, checkpoint) runs after ``iteration``; ``every`` <= 0: at the end."""
     return iteration == total or every > 0 and iteration % every == 0
 
 
