@@ -43,7 +43,9 @@ from edgeseg.training.checkpoint import build_model_from_card, load_checkpoint, 
 from edgeseg.training.models import create_model, list_models
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PRECISIONS = ("fp32", "fp16", "int8")
+# Variant label -> (precision, INT8 scheme): the TensorRT-ready Q/DQ, and the one for ONNX Runtime's CPU kernels.
+VARIANTS = {"fp32": ("fp32", "tensorrt"), "fp16": ("fp16", "tensorrt"), "int8": ("int8", "tensorrt"),
+            "int8-cpu": ("int8", "cpu")}
 
 
 def git_commit() -> str:
@@ -104,11 +106,11 @@ def precision_study(args) -> None:
         name = card["model"]["name"]
         segmenters, row = {}, {"checkpoint": str(checkpoint), "model": name, "size": list(size),
                                 "trained_metrics": card.get("metrics", {}), "precisions": {}}
-        for precision in PRECISIONS:
+        for precision, (graph_precision, scheme) in VARIANTS.items():
             path = workdir / f"{name}_{size[0]}x{size[1]}_{precision}.onnx"
             started = time.perf_counter()
-            export_variant(model, card, checkpoint, OnnxOptions(size=size, precision=precision,
-                                                                calib_method=args.calib_method),
+            export_variant(model, card, checkpoint, OnnxOptions(size=size, precision=graph_precision,
+                                                                calib_method=args.calib_method, int8_scheme=scheme),
                            path, calib_images)
             export_s = time.perf_counter() - started
             segmenters[precision] = Segmenter.load(path, device="cpu")
@@ -118,13 +120,14 @@ def precision_study(args) -> None:
                                             "eval_images": scores["images"]}
             print(f"{name} {precision}: mIoU {100 * scores['miou']:.2f} on {scores['images']} images", flush=True)
         reference = np.concatenate([class_ids(segmenters["fp32"], [image]) for image in agreement_images])
-        for precision in ("fp16", "int8"):
+        for precision in [v for v in VARIANTS if v != "fp32"]:
             ids = np.concatenate([class_ids(segmenters[precision], [image]) for image in agreement_images])
             row["precisions"][precision]["agreement_vs_fp32"] = float((ids == reference).mean())
         latency = interleaved_latency(segmenters, size, args.warmup, args.iters)
-        for precision in PRECISIONS:
+        for precision in VARIANTS:
             row["precisions"][precision]["latency_ms"] = latency[precision]
         row["int8_fp32_latency_ratio"] = latency["int8"]["p50"] / latency["fp32"]["p50"]
+        row["int8_cpu_fp32_latency_ratio"] = latency["int8-cpu"]["p50"] / latency["fp32"]["p50"]
         row["fp16_fp32_latency_ratio"] = latency["fp16"]["p50"] / latency["fp32"]["p50"]
         rows.append(row)
         for seg in segmenters.values():
@@ -135,7 +138,8 @@ def precision_study(args) -> None:
     write_json_atomic(RESULTS / f"{args.name}.json", result)
     lines = header("Export precision: FP32 vs FP16 vs INT8 through ONNX Runtime (CPU)",
                    f"mIoU on the first {limit} images of {args.data} val through `Segmenter` + the runtime "
-                   f"evaluator; INT8 = ORT static QDQ (S8S8, symmetric, per-channel), {len(calib_images)} "
+                   f"evaluator; int8 = ORT static QDQ for TensorRT (S8S8, symmetric, per-channel), int8-cpu = the "
+                   f"same with asymmetric uint8 activations for ONNX Runtime's x86 kernels, {len(calib_images)} "
                    f"calibration images from the train split ({args.calib_method}); agreement = fraction of "
                    f"pixels with the FP32 export's class, on {len(agreement_images)} val images at network "
                    f"resolution; latency = model-only p50 of {args.iters} interleaved calls, batch 1, ORT CPU "
@@ -146,7 +150,7 @@ def precision_study(args) -> None:
               "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         base = row["precisions"]["fp32"]
-        for precision in PRECISIONS:
+        for precision in VARIANTS:
             entry = row["precisions"][precision]
             agreement = entry.get("agreement_vs_fp32")
             lines.append(

@@ -27,7 +27,8 @@ from .formats import (
 
 OPTION_DEFAULTS: dict[str, object] = {
     "size": None, "batch": None, "dynamic": None, "opset": DEFAULT_OPSET, "precision": "fp32", "calib": None,
-    "calib_split": "train", "calib_images": 32, "calib_method": "minmax", "fuse": "none", "class_dtype": "uint8",
+    "calib_split": "train", "calib_images": 32, "calib_method": "minmax", "int8_scheme": "tensorrt", "fuse": "none",
+    "class_dtype": "uint8",
     "check": False, "check_data": None, "check_images": 8, "min_agreement": None, "max_abs_error": None,
     "workspace": 4.0, "timing_cache": None, "min_shape": None, "opt_shape": None, "max_shape": None, "gpu": 0,
     "name": None, "max_batch": None, "instances": 1, "instance_kind": "gpu", "preferred_batch": None,
@@ -67,6 +68,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     graph.add_argument("--calib-images", type=int, default=32, metavar="N", help="calibration images (32)")
     graph.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"),
                        help="activation range estimation (minmax)")
+    graph.add_argument("--int8-scheme", default="tensorrt", choices=("tensorrt", "cpu"),
+                       help="int8 Q/DQ form: tensorrt (symmetric S8S8, what TensorRT builds; default) or cpu "
+                            "(U8S8, fast on ONNX Runtime's x86 kernels, refused by TensorRT)")
     graph.add_argument("--fuse", default="none", choices=("none", "pre", "post", "all"),
                        help="pre: uint8 NHWC input normalised in the graph; post: argmax in the graph, class ids out")
     graph.add_argument("--class-dtype", default="uint8", choices=("uint8", "int32"),
@@ -121,9 +125,13 @@ def validate(args: argparse.Namespace) -> None:
     if args.precision == "int8" and args.calib is None:
         raise ConfigError("--precision int8 needs calibration images: add --calib DATASET[:ROOT] (e.g. --calib camvid "
                           "for the embedded CamVid sample, or --calib camvid:/data/camvid)")
-    calib_given = [option_flag(d) for d in ("calib", "calib_split", "calib_images", "calib_method") if _given(args, d)]
+    calib_given = [option_flag(d) for d in ("calib", "calib_split", "calib_images", "calib_method", "int8_scheme")
+                   if _given(args, d)]
     if args.precision != "int8" and calib_given:
         raise ConfigError(f"{', '.join(calib_given)} only apply to --precision int8")
+    if args.format == "engine" and args.int8_scheme == "cpu":
+        raise ConfigError("--int8-scheme cpu writes Q/DQ that TensorRT does not build: use --int8-scheme tensorrt "
+                          "for engines")
     if args.fuse not in ("post", "all") and _given(args, "class_dtype"):
         raise ConfigError("--class-dtype sets the dtype of fused class ids: add --fuse post (or all)")
     if args.batch is not None and args.dynamic in ("batch", "all"):
@@ -206,7 +214,7 @@ def _export_checkpoint(args: argparse.Namespace, fmt_name: str, out_path: Path |
     batch = args.batch if args.batch is not None else (args.sources if fmt_name == "deepstream" else 1)
     options = OnnxOptions(size=size, batch=batch, dynamic=dynamic, opset=args.opset, precision=args.precision,
                           fuse=args.fuse, class_dtype=args.class_dtype, channel_rescale=fmt_name == "deepstream",
-                          calib_method=args.calib_method)
+                          calib_method=args.calib_method, int8_scheme=args.int8_scheme)
     if out_path is None:
         name = default_onnx_name(card["model"]["name"], options.size, options.precision, dynamic, batch, options.fuse)
         out_path = (out_dir or source.parent) / name

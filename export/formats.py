@@ -16,7 +16,7 @@ DEFAULT_OPSET = 17
 
 # Option groups, by argparse ``dest``. Defaults live in commands.py; validation compares against them.
 GRAPH_OPTIONS = ("size", "batch", "dynamic", "opset", "precision", "calib", "calib_split", "calib_images",
-                 "calib_method", "fuse", "class_dtype")
+                 "calib_method", "int8_scheme", "fuse", "class_dtype")
 CHECK_OPTIONS = ("check", "check_data", "check_images", "min_agreement", "max_abs_error")
 ENGINE_OPTIONS = ("workspace", "timing_cache", "min_shape", "opt_shape", "max_shape", "gpu")
 TRITON_OPTIONS = ("name", "max_batch", "instances", "instance_kind", "preferred_batch", "max_queue_delay_us")

@@ -34,6 +34,7 @@ from edgeseg.runtime.metadata import PRECISIONS, ModelMeta
 
 from .formats import DEFAULT_OPSET
 from .onnx_graph import TensorSpec, graph_io, save_onnx, set_metadata
+from .precision import INT8_SCHEMES
 
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear and Resize-13
 EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript tracer)"
@@ -73,6 +74,8 @@ class OnnxOptions:
             device to host every frame, and uint8 is 4x less traffic than int32 (255 classes at most, the runtime's
             limit anyway); int32 is what TensorRT's ArgMax yields natively, for consumers that want it uncast.
         calib_method: INT8 activation-range estimator (see :mod:`.precision`).
+        int8_scheme: ``tensorrt`` (symmetric S8S8 Q/DQ, what TensorRT builds) or ``cpu`` (U8S8, fast on ONNX
+            Runtime's x86 CPU kernels, refused by TensorRT).
         channel_rescale: Fold per-channel std into the graph so that consumers with one scale for all channels
             (DeepStream's ``net-scale-factor``) normalise exactly; the metadata then states the shared std.
     """
@@ -86,6 +89,7 @@ class OnnxOptions:
     class_dtype: str = "uint8"
     channel_rescale: bool = False
     calib_method: str = "minmax"
+    int8_scheme: str = "tensorrt"
 
     def __post_init__(self) -> None:
         if self.dynamic not in (None, *DYNAMIC_CHOICES):
@@ -94,6 +98,8 @@ class OnnxOptions:
             raise ConfigError(f"--fuse must be one of {', '.join(FUSE_CHOICES)}, got {self.fuse!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.int8_scheme not in INT8_SCHEMES:
+            raise ConfigError(f"--int8-scheme must be one of {', '.join(INT8_SCHEMES)}, got {self.int8_scheme!r}")
         if self.class_dtype not in CLASS_DTYPES:
             raise ConfigError(f"--class-dtype must be one of {', '.join(CLASS_DTYPES)}, got {self.class_dtype!r}")
         if not MIN_OPSET <= self.opset <= onnx.defs.onnx_opset_version():
@@ -364,9 +370,13 @@ def export_onnx(model: nn.Module, card: dict, options: OnnxOptions, path: str | 
                               "(e.g. --calib camvid for the embedded sample)")
         with tempfile.TemporaryDirectory(prefix="edgeseg-int8-") as workdir:
             graph, excluded = precision_mod.quantize_int8(graph, calibration(meta), Path(workdir),
-                                                          calib_method=options.calib_method)
-        notes.append(f"INT8 Q/DQ (S8S8, symmetric, per-channel weights); kept in float: {', '.join(excluded)}")
+                                                          calib_method=options.calib_method,
+                                                          scheme=options.int8_scheme)
+        form = "U8S8, asymmetric activations" if options.int8_scheme == "cpu" else "S8S8, symmetric"
+        notes.append(f"INT8 Q/DQ for {options.int8_scheme} ({form}, per-channel weights); kept in float: "
+                     f"{', '.join(excluded)}")
         meta.extra["int8_float_nodes"] = excluded
+        meta.extra["int8_scheme"] = options.int8_scheme
     set_metadata(graph, meta)
     save_onnx(graph, path)
     return OnnxExport(Path(path), meta, graph_io(graph), notes)

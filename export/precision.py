@@ -40,6 +40,10 @@ silently run at lower precision."""
 
 FP16_MAX = 65504.0
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+# INT8 Q/DQ flavours. "tensorrt": signed 8-bit activations with zero point 0, the only form TensorRT's explicit
+# quantization accepts. "cpu": unsigned 8-bit activations with a free zero point, which ONNX Runtime's x86 kernels
+# run fast (DeepLabV3-R18 at 180x240 on an AMD EPYC: 0.34x the FP32 latency, against 1.15x for "tensorrt").
+INT8_SCHEMES = ("tensorrt", "cpu")
 
 
 def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -187,7 +191,8 @@ def float_boundary_nodes(model: onnx.ModelProto) -> list[str]:
 
 
 def quantize_int8(model: onnx.ModelProto, reader: ImageCalibrationReader, workdir: Path,
-                  calib_method: str = "minmax", keep_float_ends: bool = True) -> tuple[onnx.ModelProto, list[str]]:
+                  calib_method: str = "minmax", keep_float_ends: bool = True,
+                  scheme: str = "tensorrt") -> tuple[onnx.ModelProto, list[str]]:
     """Quantise an FP32 graph to INT8 Q/DQ; returns the graph and the names of the nodes left in float.
 
     Args:
@@ -196,6 +201,7 @@ def quantize_int8(model: onnx.ModelProto, reader: ImageCalibrationReader, workdi
         workdir: Scratch folder for the intermediate files ONNX Runtime's tools read and write.
         calib_method: ``minmax``, ``entropy`` or ``percentile`` activation-range estimation.
         keep_float_ends: Keep the first convolution, the classifier and what follows it in float.
+        scheme: ``tensorrt`` (S8S8, symmetric) or ``cpu`` (U8S8, asymmetric activations); see ``INT8_SCHEMES``.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -204,6 +210,9 @@ def quantize_int8(model: onnx.ModelProto, reader: ImageCalibrationReader, workdi
                "percentile": CalibrationMethod.Percentile}
     if calib_method not in methods:
         raise ConfigError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {calib_method!r}")
+    if scheme not in INT8_SCHEMES:
+        raise ConfigError(f"--int8-scheme must be one of {', '.join(INT8_SCHEMES)}, got {scheme!r}")
+    for_cpu = scheme == "cpu"
     fp32_path, prepared_path, int8_path = workdir / "fp32.onnx", workdir / "prepared.onnx", workdir / "int8.onnx"
     onnx.save(model, str(fp32_path))
     quant_pre_process(str(fp32_path), str(prepared_path), skip_symbolic_shape=False)
@@ -213,11 +222,11 @@ def quantize_int8(model: onnx.ModelProto, reader: ImageCalibrationReader, workdi
     quantize_static(
         str(prepared_path), str(int8_path), reader,
         quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8 if for_cpu else QuantType.QInt8,
         weight_type=QuantType.QInt8,
         per_channel=True,
         nodes_to_exclude=excluded,
         calibrate_method=methods[calib_method],
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        extra_options={"ActivationSymmetric": not for_cpu, "WeightSymmetric": True, "QuantizeBias": False},
     )
     return onnx.load(str(int8_path)), excluded

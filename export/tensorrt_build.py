@@ -227,6 +227,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: Engine
     options = options or EngineOptions()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     meta = read_metadata(onnx_path)
+    if meta.extra.get("int8_scheme") == "cpu":
+        raise ConfigError(f"{onnx_path} holds INT8 Q/DQ for ONNX Runtime's CPU kernels (asymmetric activations), "
+                          "which TensorRT does not build: export it again with --int8-scheme tensorrt")
     io_specs = graph_io(load_onnx(onnx_path, load_weights=False))
     inputs = [spec for spec in io_specs if spec.is_input]
     if len(inputs) != 1:

@@ -138,3 +138,36 @@ def test_fused_int8_graph_runs_in_the_runtime(int8_export, tmp_path):
         class_map = segmenter.segment(image)
     assert class_map.shape == image.shape[:2] and class_map.dtype == np.uint8
     assert class_map.max() < CAMVID.num_classes
+
+
+def test_cpu_scheme_writes_uint8_activations_that_tensorrt_refuses(int8_export, tmp_path):
+    from edgeseg.export.tensorrt_build import build_engine
+    from edgeseg.runtime.errors import ConfigError
+
+    checkpoint, tensorrt_path, _ = int8_export
+    path = tmp_path / "tiny_int8_cpu.onnx"
+    assert main(["export", str(checkpoint), "--precision", "int8", "--int8-scheme", "cpu", "--calib", "camvid",
+                 "--calib-images", "8", "--out", str(path), "--check", "--check-images", "4",
+                 "--min-agreement", str(MIN_AGREEMENT)]) == 0
+    graph = onnx.load(str(path)).graph
+    initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    activation_zero_points = [initializers[node.input[2]] for node in graph.node
+                              if node.op_type == "QuantizeLinear"]
+    assert activation_zero_points and all(zp.dtype == np.uint8 for zp in activation_zero_points)
+    # Free zero points (0 after a ReLU: its range starts at 0), not the 128 of a symmetric uint8 range.
+    assert not any((zp == 128).all() for zp in activation_zero_points)
+    assert read_metadata(path).extra["int8_scheme"] == "cpu"
+    image = open_dataset("camvid", "val")[0][0]
+    with Segmenter.load(path) as cpu, Segmenter.load(tensorrt_path) as symmetric:
+        assert (cpu.segment(image) == symmetric.segment(image)).mean() > MIN_AGREEMENT
+    with pytest.raises(ConfigError, match="--int8-scheme tensorrt"):
+        build_engine(path, tmp_path / "tiny.engine")
+
+
+def test_int8_scheme_needs_int8_and_no_engine(int8_export, capsys):
+    checkpoint, _, _ = int8_export
+    assert main(["export", str(checkpoint), "--int8-scheme", "cpu"]) == 1
+    assert "--int8-scheme only apply to --precision int8" in capsys.readouterr().err
+    assert main(["export", str(checkpoint), "--format", "engine", "--precision", "int8", "--calib", "camvid",
+                 "--int8-scheme", "cpu"]) == 1
+    assert "TensorRT does not build" in capsys.readouterr().err
