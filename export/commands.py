@@ -129,9 +129,9 @@ def validate(args: argparse.Namespace) -> None:
                    if _given(args, d)]
     if args.precision != "int8" and calib_given:
         raise ConfigError(f"{', '.join(calib_given)} only apply to --precision int8")
-    if args.format == "engine" and args.int8_scheme == "cpu":
-        raise ConfigError("--int8-scheme cpu writes Q/DQ that TensorRT does not build: use --int8-scheme tensorrt "
-                          "for engines")
+    if args.format in ("engine", "deepstream") and args.int8_scheme == "cpu":
+        raise ConfigError(f"--int8-scheme cpu writes Q/DQ that TensorRT does not build, and --format {args.format} "
+                          "needs TensorRT: use --int8-scheme tensorrt")
     if args.fuse not in ("post", "all") and _given(args, "class_dtype"):
         raise ConfigError("--class-dtype sets the dtype of fused class ids: add --fuse post (or all)")
     if args.batch is not None and args.dynamic in ("batch", "all"):
