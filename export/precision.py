@@ -42,7 +42,8 @@ FP16_MAX = 65504.0
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 # INT8 Q/DQ flavours. "tensorrt": signed 8-bit activations with zero point 0, the only form TensorRT's explicit
 # quantization accepts. "cpu": unsigned 8-bit activations with a free zero point, which ONNX Runtime's x86 kernels
-# run fast (DeepLabV3-R18 at 180x240 on an AMD EPYC: 0.34x the FP32 latency, against 1.15x for "tensorrt").
+# run fast (DeepLabV3-R18 at 180x240 on an AMD EPYC: 0.36x the FP32 latency, against 0.91x for "tensorrt";
+# benchmarks/results/export_precision.md).
 INT8_SCHEMES = ("tensorrt", "cpu")
 
 
