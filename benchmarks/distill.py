@@ -248,19 +248,19 @@ def main() -> None:
     from edgeseg.training.config import resolve_config
 
     dataset = resolve_config(config_path(args.protocol, "plain"))["data"]["dataset"]
-    previous = args.results.with_suffix(".json")
+    previous_path = args.results.with_suffix(".json")
+    previous = json.loads(previous_path.read_text()) if previous_path.is_file() else None
     timings = None
     if args.skip_timing or args.report_only:
-        if previous.is_file():
-            old = json.loads(previous.read_text())
-            if old.get("protocol") == args.protocol:  # another protocol's step times would be wrong here
-                timings = {row["method"]: {**row, "peak_mem_kind": old.get("memory_kind")}
-                           for row in old["rows"] if row.get("step_time_ratio") is not None}
+        if previous is not None and previous.get("protocol") == args.protocol:  # not another protocol's times
+            timings = {row["method"]: {**row, "peak_mem_kind": previous.get("memory_kind")}
+                       for row in previous["rows"] if row.get("step_time_ratio") is not None}
     else:
         timings = timing_pass(args)
     summary = summarize(args, runs, timings, teacher_miou(args.teacher, dataset))
-    if args.report_only and previous.is_file():  # the timings still come from the run that measured them
-        summary["command"] = json.loads(previous.read_text())["command"] + " (tables rewritten with --report-only)"
+    if args.report_only and previous is not None:  # the timings still come from the run that measured them
+        note = " (tables rewritten with --report-only)"
+        summary["command"] = previous["command"].removesuffix(note) + note
     from edgeseg.runtime.io import write_json_atomic, write_text_atomic
 
     write_json_atomic(args.results.with_suffix(".json"), summary)

@@ -30,6 +30,17 @@ MIN_AGREEMENT = 0.9
 trained student (about 94% argmax agreement here); the test is about the Q/DQ form and the pipeline."""
 
 
+def export_int8(checkpoint, path, *options: str, calib_images: int = 8, check_images: int = 4) -> int:
+    """``edgeseg export --precision int8`` with a parity check at MIN_AGREEMENT; returns the CLI's exit code."""
+    return main(["export", str(checkpoint), "--precision", "int8", "--calib", "camvid", "--calib-images",
+                 str(calib_images), *options, "--out", str(path), "--check", "--check-images", str(check_images),
+                 "--min-agreement", str(MIN_AGREEMENT)])
+
+
+def initializer_arrays(graph) -> dict[str, np.ndarray]:
+    return {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+
+
 @pytest.fixture(scope="module")
 def int8_export(tmp_path_factory):
     folder = tmp_path_factory.mktemp("int8")
@@ -40,9 +51,7 @@ def int8_export(tmp_path_factory):
     checkpoint = folder / "tiny.pt"
     save_checkpoint(checkpoint, card, model.state_dict())
     path = folder / "tiny_int8.onnx"
-    code = main(["export", str(checkpoint), "--precision", "int8", "--calib", "camvid", "--calib-images", "8",
-                 "--out", str(path), "--check", "--check-images", "4", "--min-agreement", str(MIN_AGREEMENT)])
-    return checkpoint, path, code
+    return checkpoint, path, export_int8(checkpoint, path)
 
 
 def test_int8_export_passes_its_parity_check(int8_export):
@@ -55,7 +64,7 @@ def test_int8_export_passes_its_parity_check(int8_export):
 def test_qdq_form_is_what_tensorrt_takes(int8_export):
     _, path, _ = int8_export
     graph = onnx.load(str(path)).graph
-    initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    initializers = initializer_arrays(graph)
     quantize = [node for node in graph.node if node.op_type == "QuantizeLinear"]
     dequantize = [node for node in graph.node if node.op_type == "DequantizeLinear"]
     assert quantize and dequantize
@@ -130,9 +139,7 @@ def test_missing_calibration_set_is_a_clear_error(tmp_path):
 def test_fused_int8_graph_runs_in_the_runtime(int8_export, tmp_path):
     checkpoint, _, _ = int8_export
     path = tmp_path / "fused_int8.onnx"
-    assert main(["export", str(checkpoint), "--precision", "int8", "--calib", "camvid", "--calib-images", "4",
-                 "--fuse", "all", "--out", str(path), "--check", "--check-images", "2",
-                 "--min-agreement", str(MIN_AGREEMENT)]) == 0
+    assert export_int8(checkpoint, path, "--fuse", "all", calib_images=4, check_images=2) == 0
     image = open_dataset("camvid", "val").read_image(0)
     with Segmenter.load(path, device="cpu") as segmenter:
         class_map = segmenter.segment(image)
@@ -146,11 +153,9 @@ def test_cpu_scheme_writes_uint8_activations_that_tensorrt_refuses(int8_export, 
 
     checkpoint, tensorrt_path, _ = int8_export
     path = tmp_path / "tiny_int8_cpu.onnx"
-    assert main(["export", str(checkpoint), "--precision", "int8", "--int8-scheme", "cpu", "--calib", "camvid",
-                 "--calib-images", "8", "--out", str(path), "--check", "--check-images", "4",
-                 "--min-agreement", str(MIN_AGREEMENT)]) == 0
+    assert export_int8(checkpoint, path, "--int8-scheme", "cpu") == 0
     graph = onnx.load(str(path)).graph
-    initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    initializers = initializer_arrays(graph)
     activation_zero_points = [initializers[node.input[2]] for node in graph.node
                               if node.op_type == "QuantizeLinear"]
     assert activation_zero_points and all(zp.dtype == np.uint8 for zp in activation_zero_points)

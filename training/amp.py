@@ -11,13 +11,25 @@ import torch
 from edgeseg.runtime.errors import ConfigError
 
 
+SETTINGS = ("auto", "bf16", "fp16", "off")
+
+
+def _checked(key: str, setting: str) -> str:
+    if setting not in SETTINGS:
+        raise ConfigError(f"{key} must be auto, bf16, fp16 or off, got {setting!r}")
+    return setting
+
+
+def _half(setting: str) -> torch.dtype:
+    """The 16-bit dtype a setting other than off names; auto means bf16 (no loss scaling needed)."""
+    return torch.float16 if setting == "fp16" else torch.bfloat16
+
+
 def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``train.amp`` on ``device``; None where training stays in FP32 (always on a CPU)."""
-    if setting not in ("auto", "bf16", "fp16", "off"):
-        raise ConfigError(f"train.amp must be auto, bf16, fp16 or off, got {setting!r}")
-    if device.type != "cuda" or setting == "off":
+    if device.type != "cuda" or _checked("train.amp", setting) == "off":
         return None
-    return torch.float16 if setting == "fp16" else torch.bfloat16
+    return _half(setting)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -44,12 +56,10 @@ def teacher_autocast_dtype(setting: str, device: torch.device, train_dtype: torc
     twice as fast for a BiSeNetV2 teacher on AVX512-BF16, 99.7% of its argmax unchanged), since the teacher is
     only read, never trained, and its forward pass is most of a distillation step's extra cost.
     """
-    if setting not in ("auto", "bf16", "fp16", "off"):
-        raise ConfigError(f"distill.teacher_amp must be auto, bf16, fp16 or off, got {setting!r}")
-    if setting == "off":
+    if _checked("distill.teacher_amp", setting) == "off":
         return None
     if setting != "auto":
-        return torch.float16 if setting == "fp16" else torch.bfloat16
+        return _half(setting)
     if device.type == "cuda":
         return train_dtype
     return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
