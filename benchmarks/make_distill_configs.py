@@ -62,6 +62,28 @@ PROTOCOLS = {
                   "class_weights": CAMVID_CLASS_WEIGHTS},
         "autoencoder": {"iterations": 200, "batch_size": 8},
     },
+    "camvid_cpu_r18": {
+        "comment": ("Full CamVid train at half size (180x240) on a 2-core CPU, about 15 minutes per distilled run: the "
+                    "committed BiSeNetV2 teacher (edgeseg/assets) -> DeepLabV3-ResNet18 student at output stride 16, "
+                    "128x160 crops, batch 8, 600 iterations. The ResNet-18 student of the papers, with a teacher "
+                    "whose forward pass costs a fraction of the student's training step. DSD taps deep layers as in "
+                    "the re-implementation whose weights it uses (CIRKD: a stage-3 head, the feature, the logits, "
+                    "all three in PSD): here each network's last backbone stage, feature and logits. KA's encoder "
+                    "has stride 2, bringing the teacher's stride-8 feature to the student's stride 16."),
+        "teacher": "edgeseg/assets/teacher_bisenetv2_camvid.pt",
+        "psd_positions": 16 * 20,  # 128x160 crop, BiSeNetV2's feature tap at stride 8
+        "taps": {"student": ["stage4", "feature"], "teacher": ["stage4", "feature"]},
+        "model": {"name": "deeplabv3_resnet18", "kwargs": {"output_stride": 16}},
+        "data": {"dataset": "camvid:../shared/data/camvid", "base_size": [180, 240], "crop_size": [128, 160],
+                 "scale_range": [0.75, 1.5], "batch_size": 8, "workers": 1},
+        "optim": {"lr": 0.02, "weight_decay": 1.0e-4, "warmup_iters": 50},
+        "train": {"iterations": 600, "val_every": 300, "ckpt_every": 25, "log_every": 10,
+                  "class_weights": CAMVID_CLASS_WEIGHTS},
+        "autoencoder": {"iterations": 200, "batch_size": 8, "stride": 2},
+        # The student's feature has 8x10 positions: CSC's spatial Gram compares both maps at that grid (the teacher's
+        # 16x20 average-pooled) rather than at the upsampled student's 16x20, which holds no more.
+        "loss_params": {"csc": {"max_nodes": 8 * 10}, "dsd": {"psd_includes_last": True}},
+    },
     "camvid_cpu_realtime": {
         "comment": ("Full CamVid train at half size (180x240) on a 2-core CPU in minutes per run: the committed "
                     "BiSeNetV2 teacher (edgeseg/assets, about 3.4M parameters) -> Fast-SCNN student, 128x160 crops, "
@@ -86,7 +108,7 @@ PROTOCOLS = {
 # strength. Unscaled at 16x20 positions it outweighed the cross entropy about 4:1 at the start of training.
 PSD_REFERENCE = {"weight": 1000.0, "positions": 64 * 128}
 
-# DSD's stage taps where both networks are ResNets (a protocol's "taps" overrides them for other pairs).
+# DSD's stage taps where both networks are ResNets (a protocol's "taps" overrides them).
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 
 # method -> (distill.losses, distill.task_weight, needs the autoencoder stage). Weights follow kd_methods.md: CIRKD's
@@ -111,10 +133,15 @@ METHODS = {
 }
 
 
-def _protocol_dsd(loss: dict, spec: dict, psd_weight: float) -> dict:
-    loss = {**loss, "params": {**loss["params"], "psd_weight": psd_weight}}
-    if "taps" in spec:
-        loss.update(student=spec["taps"]["student"] + ["logits"], teacher=spec["taps"]["teacher"] + ["logits"])
+def _for_protocol(loss: dict, spec: dict, psd_weight: float) -> dict:
+    """A method's loss entry with the protocol's settings: DSD's scaled weight and stage taps, per-loss params."""
+    loss = {**loss, "params": {**loss.get("params", {}), **spec.get("loss_params", {}).get(loss["name"], {})}}
+    if loss["name"] == "dsd":
+        loss["params"]["psd_weight"] = psd_weight
+        if "taps" in spec:
+            loss.update(student=spec["taps"]["student"] + ["logits"], teacher=spec["taps"]["teacher"] + ["logits"])
+    if not loss["params"]:
+        del loss["params"]
     return loss
 
 
@@ -125,7 +152,7 @@ def build(protocol: str, method: str) -> dict:
     if METHODS[method] is not None:
         losses, task_weight, needs_autoencoder = METHODS[method]
         psd_weight = round(PSD_REFERENCE["weight"] * spec["psd_positions"] / PSD_REFERENCE["positions"], 1)
-        losses = [_protocol_dsd(loss, spec, psd_weight) if loss["name"] == "dsd" else loss for loss in losses]
+        losses = [_for_protocol(loss, spec, psd_weight) for loss in losses]
         config["distill"] = {"teacher": spec["teacher"], "task_weight": task_weight, "losses": losses}
         if needs_autoencoder:
             config["distill"]["autoencoder"] = spec["autoencoder"]

@@ -96,6 +96,19 @@ def test_knowledge_adaptation_trains_and_caches_its_autoencoder(teacher_path, tm
     assert "training" in capsys.readouterr().out and len(list(cache.glob("*.pt"))) == 2
 
 
+def test_autoencoder_stride_setting_reaches_the_cached_encoder(teacher_path, tmp_path, capsys):
+    losses = [{"name": "ka", "student": ["feature"], "teacher": ["feature"], "params": {"latent_channels": 8}}]
+    auto = {"iterations": 2, "batch_size": 2, "cache_dir": str(tmp_path / "cache"), "stride": 2}
+    Trainer(distill_config(teacher_path, losses, autoencoder=auto), tmp_path / "a")
+    (cached,) = (tmp_path / "cache").glob("*.pt")
+    state = torch.load(cached, weights_only=True)
+    assert state["stride"] == 2
+    trainer = Trainer(distill_config(teacher_path, losses, autoencoder=auto), tmp_path / "b")
+    assert "loaded from" in capsys.readouterr().out
+    encoder = trainer.distiller.criteria[0].encoder
+    assert encoder(torch.zeros(1, state["channels"], 10, 12)).shape[-2:] == (5, 6)
+
+
 def test_config_errors_name_the_problem(teacher_path, tmp_path):
     with pytest.raises(ConfigError, match="no layer or tap named 'featur'.*closest: feature"):
         Trainer(distill_config(teacher_path, [{"name": "kd", "student": ["featur"]}]), tmp_path / "a")

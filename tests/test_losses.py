@@ -13,6 +13,7 @@ from torch import nn  # noqa: E402
 from edgeseg.training.distill.autoencoder import (  # noqa: E402
     FeatureAutoencoder, autoencoder_loss, train_autoencoder)
 from edgeseg.training.distill.losses import DistillLoss, build_loss, functional, list_losses  # noqa: E402
+from edgeseg.training.distill.losses.pairwise import _channel_correlation_mse  # noqa: E402
 
 LATENT = 4
 
@@ -355,6 +356,23 @@ def _structured_features(batches: int, channels: int = 12) -> list[torch.Tensor]
         noise = 0.05 * torch.randn(4, channels, 16, 16, generator=generator)
         result.append(torch.einsum("ck,nkhw->nchw", mixing, fields) + noise)
     return result
+
+
+def test_csc_channel_term_with_fewer_positions_than_channels_equals_the_gram_form():
+    """The m x m route (3x4 positions, 40 channels) must give the D x D Gram matrices' MSE and its gradient."""
+    student = torch.randn(2, 40, 3, 4, requires_grad=True)
+    teacher = torch.randn(2, 40, 3, 4)
+
+    def gram(maps):
+        rows = F.normalize(maps.flatten(2), dim=2)
+        return rows @ rows.transpose(1, 2)
+
+    direct = F.mse_loss(gram(student), gram(teacher))
+    fast = _channel_correlation_mse(student, teacher)
+    assert torch.allclose(fast, direct, rtol=1e-5)
+    assert torch.allclose(torch.autograd.grad(fast, student)[0], torch.autograd.grad(direct, student)[0],
+                          rtol=1e-4, atol=1e-7)
+    assert float(_channel_correlation_mse(teacher, teacher)) < 1e-7
 
 
 def test_autoencoder_shapes_with_stride():

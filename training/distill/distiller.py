@@ -37,7 +37,9 @@ from .hooks import FeatureTaps
 from .losses import build_loss
 
 LOSS_KEYS = {"name", "weight", "student", "teacher", "params"}
-AUTOENCODER_DEFAULTS = {"iterations": 400, "lr": 0.1, "cache_dir": None, "batch_size": 8}
+# ``stride`` 2 halves the code's resolution: with a teacher feature at half the student's output stride (the paper's
+# large-output-stride students) it brings the teacher to the student's grid and cuts the encoder's cost by four.
+AUTOENCODER_DEFAULTS = {"iterations": 400, "lr": 0.1, "cache_dir": None, "batch_size": 8, "stride": 1}
 AUTOENCODER_SEED = 0
 
 
@@ -170,7 +172,7 @@ class Distiller:
         if cache.is_file():
             state = torch.load(cache, map_location="cpu", weights_only=True)
             channels = state["channels"]
-            model = FeatureAutoencoder(channels, latent)
+            model = FeatureAutoencoder(channels, latent, stride=state.get("stride", 1))
             model.load_state_dict(state["state_dict"])
             print(f"autoencoder for teacher layer {layer!r}: loaded from {cache}")
         else:
@@ -193,9 +195,9 @@ class Distiller:
 
             channels = self.teacher_channels[layer]
             model = train_autoencoder(teacher_features(), channels, latent, iterations=settings["iterations"],
-                                      lr=settings["lr"], device=self.device)
+                                      lr=settings["lr"], device=self.device, stride=int(settings["stride"]))
             with atomic_path(cache) as tmp:
-                torch.save({"channels": channels, "state_dict": model.state_dict()}, tmp)
+                torch.save({"channels": channels, "stride": model.stride, "state_dict": model.state_dict()}, tmp)
         model.to(self.device).eval()
         for param in model.parameters():
             param.requires_grad_(False)
