@@ -141,7 +141,18 @@ def teacher_miou(teacher: str, dataset: str) -> dict:
     with Segmenter.load(teacher) as segmenter:
         result = evaluate(segmenter, open_dataset(dataset, "val"))
     return {"model": card["model"]["name"], "kwargs": card["model"]["kwargs"], "checkpoint": teacher,
-            "miou": result["miou"], "trained_with": card["config"].get("name")}
+            "miou": result["miou"], "trained_with": card["config"].get("name"),
+            "num_classes": len(card["classes"]["names"])}
+
+
+def model_costs(model: dict, num_classes: int, size: list[int]) -> dict:
+    """Parameters (millions) and GFLOPs of one forward pass at ``size``, so that the table shows what each side costs."""
+    from edgeseg.training.models import create_model
+    from edgeseg.training.models.profile import count_flops, count_params
+
+    network = create_model(model["name"], num_classes=num_classes, **(model.get("kwargs") or {}))
+    return {"params_m": round(count_params(network) / 1e6, 2), "gflops": round(count_flops(network, tuple(size)), 2),
+            "size": list(size)}
 
 
 def machine() -> str:
@@ -155,7 +166,9 @@ def machine() -> str:
 def summarize(args, runs: Path, timings: dict | None, teacher: dict) -> dict:
     from edgeseg.training.config import resolve_config
 
-    student = resolve_config(config_path(args.protocol, "plain"))["model"]
+    plain_config = resolve_config(config_path(args.protocol, "plain"))
+    student = plain_config["model"]
+    size = plain_config["data"]["base_size"] or plain_config["data"]["crop_size"]
     rows, per_seed = [], {}
     for method in args.methods:
         scores = []
@@ -175,8 +188,12 @@ def summarize(args, runs: Path, timings: dict | None, teacher: dict) -> dict:
         row["step_time_ratio"] = timing.get("step_time_ratio")
         row["step_s"] = timing.get("step_s")
         row["peak_mem_mb"] = timing.get("peak_mem_mb")
+    classes = teacher["num_classes"]
+    teacher = {**teacher, **model_costs({"name": teacher["model"], "kwargs": teacher["kwargs"]}, classes, size)}
     return {"machine": machine(), "protocol": args.protocol, "teacher": teacher,
-            "student": {"model": student["name"], "kwargs": student["kwargs"]}, "seeds": args.seeds,
+            "student": {"model": student["name"], "kwargs": student["kwargs"],
+                        **model_costs(student, classes, size)},
+            "seeds": args.seeds,
             "rows": rows, "per_seed_miou": per_seed,
             "memory_kind": next((t.get("peak_mem_kind") for t in (timings or {}).values()), None),
             "command": " ".join(["python", "benchmarks/distill.py", *sys.argv[1:]])}
@@ -188,14 +205,26 @@ def _pct(value, signed=False) -> str:
     return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
 
 
+def _model_name(name: str, kwargs: dict | None) -> str:
+    return f"{name} {kwargs}" if kwargs else name
+
+
+def _costs(model: dict) -> str:
+    if "gflops" not in model:  # results written before costs were recorded
+        return ""
+    height, width = model["size"]
+    return f"; {model['params_m']:.2f} M parameters, {model['gflops']:.2f} GFLOPs at {height}x{width}"
+
+
 def to_markdown(summary: dict) -> str:
     teacher = summary["teacher"]
     lines = [
         f"# Distillation on CamVid val, protocol `{summary['protocol']}`", "",
         f"- machine: {summary['machine']}",
-        f"- teacher: {teacher['model']} {teacher.get('kwargs') or ''} ({teacher['checkpoint']}), val mIoU "
-        f"{_pct(teacher['miou'])}",
-        f"- student: {summary['student']['model']} {summary['student']['kwargs'] or ''}",
+        f"- teacher: {_model_name(teacher['model'], teacher.get('kwargs'))} ({teacher['checkpoint']}, trained with "
+        f"config `{teacher.get('trained_with')}`), val mIoU {_pct(teacher['miou'])}{_costs(teacher)}",
+        f"- student: {_model_name(summary['student']['model'], summary['student']['kwargs'])}"
+        f"{_costs(summary['student'])}",
         f"- seeds: {summary['seeds']}; configs: `configs/distill/{summary['protocol']}/<method>.yaml`",
         f"- command: `{summary['command']}`", "",
         "mIoU in percent, mean ± std over seeds, each run's final checkpoint; gain against the plain student; step "
