@@ -267,7 +267,7 @@ def _channel_correlation_mse(student_maps: torch.Tensor, teacher_maps: torch.Ten
 
     With fewer positions m than channels D the D x D matrices are never formed: for row-normalised S and T (D x m),
     ``||S S^T - T T^T||^2 = ||S^T S||^2 + ||T^T T||^2 - 2 ||S^T T||^2`` (cyclic trace), three m x m products instead
-    of two D x D ones: a 1024-channel teacher feature on a 16x20 map costs about a third.
+    of two D x D ones: for a 1024-channel teacher feature on a 16x20 map, half the time forward and backward.
     """
     student_rows = F.normalize(student_maps.flatten(2), dim=2)
     teacher_rows = F.normalize(teacher_maps.flatten(2), dim=2)
