@@ -8,8 +8,11 @@ methods interleaved with plain runs, so machine load affects both alike), and wr
 Resumable: a finished run (``metrics.json`` present) is skipped, an interrupted one resumes from its ``last.pt``.
 Spread a long sweep over several sittings by running the same command again.
 
-    python benchmarks/distill.py --protocol camvid_cpu_realtime --teacher edgeseg/assets/teacher_bisenetv2_camvid.pt \
+    python benchmarks/distill.py --protocol camvid_cpu_r18 --teacher edgeseg/assets/teacher_bisenetv2_camvid.pt \
         --seeds 0 1 --set train.threads=1 --results benchmarks/results/distill_camvid
+
+Two seeds can run side by side, one per core: ``--seeds 0 --skip-timing`` and ``--seeds 1 --skip-timing``, then
+the command above on the idle machine, which skips the finished runs and only times the methods.
     python benchmarks/distill.py --protocol camvid_cpu --teacher runs/teacher_r50/best.pt --report-only
 """
 

@@ -63,7 +63,7 @@ PROTOCOLS = {
         "autoencoder": {"iterations": 200, "batch_size": 8},
     },
     "camvid_cpu_r18": {
-        "comment": ("Full CamVid train at half size (180x240) on a 2-core CPU, about 15 minutes per distilled run: the "
+        "comment": ("Full CamVid train at half size (180x240) on a 2-core CPU, 10-15 minutes per distilled run: the "
                     "committed BiSeNetV2 teacher (edgeseg/assets) -> DeepLabV3-ResNet18 student at output stride 16, "
                     "128x160 crops, batch 8, 600 iterations. The ResNet-18 student of the papers, with a teacher "
                     "whose forward pass costs a fraction of the student's training step. DSD taps deep layers as in "
