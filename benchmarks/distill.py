@@ -149,7 +149,7 @@ def teacher_miou(teacher: str, dataset: str) -> dict:
 
 
 def model_costs(model: dict, num_classes: int, size: list[int]) -> dict:
-    """Parameters (millions) and GFLOPs of one forward pass at ``size``, so that the table shows what each side costs."""
+    """Parameters (millions) and GFLOPs of one forward pass at ``size``: what each side of the table costs."""
     from edgeseg.training.models import create_model
     from edgeseg.training.models.profile import count_flops, count_params
 
@@ -166,10 +166,7 @@ def machine() -> str:
     return f"{format_machine(info).splitlines()[0]}; {gpus}"
 
 
-def summarize(args, runs: Path, timings: dict | None, teacher: dict) -> dict:
-    from edgeseg.training.config import resolve_config
-
-    plain_config = resolve_config(config_path(args.protocol, "plain"))
+def summarize(args, runs: Path, timings: dict | None, teacher: dict, plain_config: dict) -> dict:
     student = plain_config["model"]
     size = plain_config["data"]["base_size"] or plain_config["data"]["crop_size"]
     rows, per_seed = [], {}
@@ -279,7 +276,7 @@ def main() -> None:
                 run_training(args.protocol, method, seed, args.teacher, runs)
     from edgeseg.training.config import resolve_config
 
-    dataset = resolve_config(config_path(args.protocol, "plain"))["data"]["dataset"]
+    plain_config = resolve_config(config_path(args.protocol, "plain"))
     previous_path = args.results.with_suffix(".json")
     previous = json.loads(previous_path.read_text()) if previous_path.is_file() else None
     timings = None
@@ -289,7 +286,8 @@ def main() -> None:
                        for row in previous["rows"] if row.get("step_time_ratio") is not None}
     else:
         timings = timing_pass(args)
-    summary = summarize(args, runs, timings, teacher_miou(args.teacher, dataset))
+    teacher = teacher_miou(args.teacher, plain_config["data"]["dataset"])
+    summary = summarize(args, runs, timings, teacher, plain_config)
     if args.report_only and previous is not None:  # the timings still come from the run that measured them
         note = " (tables rewritten with --report-only)"
         summary["command"] = previous["command"].removesuffix(note) + note

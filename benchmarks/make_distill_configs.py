@@ -18,6 +18,10 @@ from edgeseg.runtime.classes import CAMVID_CLASS_WEIGHTS
 from edgeseg.runtime.io import write_text_atomic
 
 
+# The three 2-core CPU protocols train on the same data: full CamVid at half size, 128x160 crops, batch 8.
+CPU_CAMVID_DATA = {"dataset": "camvid:../shared/data/camvid", "base_size": [180, 240], "crop_size": [128, 160],
+                   "scale_range": [0.75, 1.5], "batch_size": 8, "workers": 1}
+
 PROTOCOLS = {
     "cityscapes_paper": {
         "comment": ("The papers' protocol (CIRKD lineage): Cityscapes, DeepLabV3-ResNet101 teacher -> "
@@ -55,8 +59,7 @@ PROTOCOLS = {
         "teacher": "runs/teacher_r50/best.pt",
         "psd_positions": 8 * 10,  # 128x160 crop, output stride 16
         "model": {"name": "deeplabv3_resnet18", "kwargs": {"output_stride": 16}},
-        "data": {"dataset": "camvid:../shared/data/camvid", "base_size": [180, 240], "crop_size": [128, 160],
-                 "scale_range": [0.75, 1.5], "batch_size": 8, "workers": 1},
+        "data": CPU_CAMVID_DATA,
         "optim": {"lr": 0.02, "weight_decay": 1.0e-4, "warmup_iters": 50},
         "train": {"iterations": 600, "val_every": 200, "ckpt_every": 25, "log_every": 10,
                   "class_weights": CAMVID_CLASS_WEIGHTS},
@@ -74,8 +77,7 @@ PROTOCOLS = {
         "psd_positions": 16 * 20,  # 128x160 crop, BiSeNetV2's feature tap at stride 8
         "taps": {"student": ["stage4", "feature"], "teacher": ["stage4", "feature"]},
         "model": {"name": "deeplabv3_resnet18", "kwargs": {"output_stride": 16}},
-        "data": {"dataset": "camvid:../shared/data/camvid", "base_size": [180, 240], "crop_size": [128, 160],
-                 "scale_range": [0.75, 1.5], "batch_size": 8, "workers": 1},
+        "data": CPU_CAMVID_DATA,
         "optim": {"lr": 0.02, "weight_decay": 1.0e-4, "warmup_iters": 50},
         "train": {"iterations": 600, "val_every": 300, "ckpt_every": 25, "log_every": 10,
                   "class_weights": CAMVID_CLASS_WEIGHTS},
@@ -94,8 +96,7 @@ PROTOCOLS = {
         "taps": {"student": ["stage1", "stage2", "stage3", "feature"],
                  "teacher": ["stage2", "stage3", "stage4", "feature"]},
         "model": {"name": "fastscnn", "kwargs": {}},
-        "data": {"dataset": "camvid:../shared/data/camvid", "base_size": [180, 240], "crop_size": [128, 160],
-                 "scale_range": [0.75, 1.5], "batch_size": 8, "workers": 1},
+        "data": CPU_CAMVID_DATA,
         "optim": {"lr": 0.03, "weight_decay": 1.0e-4, "warmup_iters": 30},
         "train": {"iterations": 500, "val_every": 250, "ckpt_every": 25, "log_every": 10,
                   "class_weights": CAMVID_CLASS_WEIGHTS},

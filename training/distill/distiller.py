@@ -160,10 +160,9 @@ class Distiller:
             latent = int(loss.latent_channels)
             name = f"{self.teacher_name}-{digest}-{layer}-{latent}-{recipe_digest}.pt"
             cache = cache_dir / name
-            loss.set_encoder(self._autoencoder(cache, layer, latent, settings, train_set, transform,
-                                               AUTOENCODER_SEED))
+            loss.set_encoder(self._autoencoder(cache, layer, latent, settings, train_set, transform))
 
-    def _autoencoder(self, cache: Path, layer: str, latent: int, settings: dict, train_set, transform, seed: int):
+    def _autoencoder(self, cache: Path, layer: str, latent: int, settings: dict, train_set, transform):
         from edgeseg.runtime.io import atomic_path
 
         from ..data.dataset import SegmentationTorchDataset, make_loader
@@ -180,8 +179,9 @@ class Distiller:
                 raise ConfigError("Knowledge Adaptation needs training data to fit its autoencoder")
             print(f"autoencoder for teacher layer {layer!r}: training ({settings['iterations']} iterations), "
                   f"cache {cache}")
-            dataset = SegmentationTorchDataset(train_set, transform, seed=seed + 7919)
-            sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+            dataset = SegmentationTorchDataset(train_set, transform, seed=AUTOENCODER_SEED + 7919)
+            sampler = torch.utils.data.RandomSampler(dataset,
+                                                     generator=torch.Generator().manual_seed(AUTOENCODER_SEED))
             loader = make_loader(dataset, sampler, settings["batch_size"], workers=0, drop_last=True)
 
             def teacher_features():
