@@ -3,17 +3,21 @@
 Trains every (method, seed) pair of a protocol in ``configs/distill/<protocol>/``, scores each final checkpoint on
 the validation split, measures the step time of every method against the plain student in one timing pass (the
 methods interleaved with plain runs, so machine load affects both alike), and writes
-``benchmarks/results/distill_<protocol>.{md,json}`` (or ``--results``).
+``benchmarks/results/distill_<protocol>.{md,json}`` (or ``--results``) with, per method, mean, std, n, the gain
+over plain with Welch's 95% interval and p-value, the minimum detectable effect, and the gain at equal wall-clock.
+
+Warm-start protocols (a ``base.yaml`` beside the method configs) first train the shared starting checkpoint once;
+``--equal-time`` adds the ``plain_long`` arm (the plain student with more iterations) for the equal-time gain.
 
 Resumable: a finished run (``metrics.json`` present) is skipped, an interrupted one resumes from its ``last.pt``.
-Spread a long sweep over several sittings by running the same command again.
+Spread a long sweep over several sittings by running the same command again. Two halves of the seeds can run side
+by side, one per core, with ``--skip-timing``; then the full command on the idle machine times the methods:
 
-    python benchmarks/distill.py --protocol camvid_cpu_r18 --teacher edgeseg/assets/teacher_bisenetv2_camvid.pt \
-        --seeds 0 1 --set train.threads=1 --results benchmarks/results/distill_camvid
-
-Two seeds can run side by side, one per core: ``--seeds 0 --skip-timing`` and ``--seeds 1 --skip-timing``, then
-the command above on the idle machine, which skips the finished runs and only times the methods.
-    python benchmarks/distill.py --protocol camvid_cpu --teacher runs/teacher_r50/best.pt --report-only
+    python benchmarks/distill.py --protocol camvid_cpu_r18_warm --teacher edgeseg/assets/teacher_bisenetv2_camvid.pt \
+        --methods plain dsd ka csc_ace --seeds 0 2 4 --equal-time --skip-timing --set train.threads=1
+    python benchmarks/distill.py --protocol camvid_cpu_r18_warm --teacher edgeseg/assets/teacher_bisenetv2_camvid.pt \
+        --methods plain dsd ka csc_ace --seeds 0 1 2 3 4 5 --equal-time --set train.threads=1 \
+        --results benchmarks/results/distill_camvid
 """
 
 from __future__ import annotations
@@ -28,9 +32,20 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ALL_METHODS = ["plain", "kd", "cwd", "skd_pairwise", "dsd", "ka", "csc_ace"]
-PAPER_METHODS = {"dsd": "DSD (Feng et al., TIP 2021)", "ka": "Knowledge Adaptation (He et al., CVPR 2019)",
-                 "csc_ace": "CSC + ACE (Park & Heo, Sensors 2020)"}
+sys.path.insert(0, str(REPO / "benchmarks"))
+from stats import minimum_detectable_effect, pooled_std, runs_for_effect, welch  # noqa: E402
+
+ALL_METHODS = ["plain", "kd", "cwd", "skd_pairwise", "dsd", "psd", "csd", "ka", "csc", "ace", "csc_ace"]
+# The plain student given more iterations (configs' plain_long.yaml, warm-start protocol): the reference for the
+# gain at equal wall-clock. Trained with the same seeds; not a row of its own.
+EQUAL_TIME_ARM = "plain_long"
+PAPER_METHODS = {"dsd": "DSD (Feng et al., TIP 2021)", "psd": "DSD's PSD alone", "csd": "DSD's CSD alone",
+                 "ka": "Knowledge Adaptation (He et al., CVPR 2019)", "csc": "CSC alone (Park & Heo)",
+                 "ace": "ACE alone (Park & Heo)", "csc_ace": "CSC + ACE (Park & Heo, Sensors 2020)"}
+
+
+def config_exists(protocol: str, method: str) -> bool:
+    return (REPO / "configs" / "distill" / protocol / f"{method}.yaml").is_file()
 
 
 def config_path(protocol: str, method: str) -> Path:
@@ -45,7 +60,7 @@ EXTRA_OVERRIDES: list[str] = []  # --set values, applied to every run and to the
 
 def overrides(teacher: str, seed: int, method: str) -> list[str]:
     sets = [f"train.seed={seed}", *EXTRA_OVERRIDES]
-    if method != "plain":
+    if method not in ("plain", EQUAL_TIME_ARM):
         sets.append(f"distill.teacher={teacher}")
     return sets
 
@@ -68,6 +83,26 @@ def run_training(protocol: str, method: str, seed: int, teacher: str, runs: Path
         command += ["--set", item]
     subprocess.run(command, check=True, cwd=REPO)
     return json.loads(done.read_text())
+
+
+def ensure_base(protocol: str) -> None:
+    """Warm-start protocols: train the shared starting checkpoint (``base.yaml``) once, where the arms expect it."""
+    base_config = REPO / "configs" / "distill" / protocol / "base.yaml"
+    if not base_config.is_file():
+        return
+    from edgeseg.training.config import resolve_config
+
+    weights = resolve_config(config_path(protocol, "plain"))["model"]["weights"]
+    out = (REPO / weights).parent
+    if (out / "metrics.json").is_file():
+        print(f"[skip] warm-start base: finished ({out})", flush=True)
+        return
+    command = [sys.executable, "-m", "edgeseg.cli", "train"]
+    command += ["--resume", str(out)] if (out / "last.pt").is_file() else [str(base_config), "--out", str(out)]
+    for item in EXTRA_OVERRIDES:
+        command += ["--set", item]
+    print(f"[train] warm-start base -> {out}", flush=True)
+    subprocess.run(command, check=True, cwd=REPO)
 
 
 def time_method(protocol: str, method: str, teacher: str, steps: int, warmup: int) -> dict:
@@ -166,37 +201,82 @@ def machine() -> str:
     return f"{format_machine(info).splitlines()[0]}; {gpus}"
 
 
+def _final_scores(runs: Path, method: str, seeds: list[int]) -> list[dict]:
+    finals = []
+    for seed in seeds:
+        metrics = runs / f"{method}_s{seed}" / "metrics.json"
+        if metrics.is_file():
+            finals.append(json.loads(metrics.read_text())["final"])
+    return finals
+
+
+def _equal_time_plain(plain: list[float], longer: list[float], factor: float | None, ratio: float | None):
+    """The plain student's mIoU at ``ratio`` x its iterations, linear between the plain and plain_long arms.
+
+    Returns (mIoU, extrapolated?) or (None, False) when either arm or the ratio is missing.
+    """
+    if not plain or not longer or factor is None or ratio is None:
+        return None, False
+    short_mean, long_mean = statistics.fmean(plain), statistics.fmean(longer)
+    fraction = (ratio - 1.0) / (factor - 1.0)
+    return short_mean + fraction * (long_mean - short_mean), ratio > factor
+
+
 def summarize(args, runs: Path, timings: dict | None, teacher: dict, plain_config: dict) -> dict:
     student = plain_config["model"]
     size = plain_config["data"]["base_size"] or plain_config["data"]["crop_size"]
-    rows, per_seed = [], {}
+    finals = {method: _final_scores(runs, method, args.seeds) for method in args.methods}
+    per_seed = {method: [f["miou"] for f in values] for method, values in finals.items()}
+    plain = per_seed["plain"]
+    spread = pooled_std([values for values in per_seed.values() if values])
+    longer = [f["miou"] for f in _final_scores(runs, EQUAL_TIME_ARM, args.seeds)]
+    factor = None
+    if longer and config_exists(args.protocol, EQUAL_TIME_ARM):
+        from edgeseg.training.config import resolve_config
+
+        factor = (resolve_config(config_path(args.protocol, EQUAL_TIME_ARM))["train"]["iterations"]
+                  / plain_config["train"]["iterations"])
+    rows = []
     for method in args.methods:
-        scores = []
-        for seed in args.seeds:
-            metrics = runs / f"{method}_s{seed}" / "metrics.json"
-            if metrics.is_file():
-                scores.append(json.loads(metrics.read_text())["final"]["miou"])
-        per_seed[method] = scores
-        rows.append({"method": method, "miou_mean": statistics.fmean(scores) if scores else None,
-                     "miou_std": statistics.stdev(scores) if len(scores) > 1 else (0.0 if scores else None),
-                     "seeds": len(scores)})
-    plain = next(r for r in rows if r["method"] == "plain")
-    for row in rows:
-        row["gain"] = (row["miou_mean"] - plain["miou_mean"]
-                       if row["miou_mean"] is not None and plain["miou_mean"] is not None else None)
-        timing = (timings or {}).get(row["method"], {})
-        row["step_time_ratio"] = timing.get("step_time_ratio")
-        row["step_s"] = timing.get("step_s")
-        row["peak_mem_mb"] = timing.get("peak_mem_mb")
+        scores = per_seed[method]
+        timing = (timings or {}).get(method, {})
+        row = {"method": method, "miou_mean": statistics.fmean(scores) if scores else None,
+               "miou_std": statistics.stdev(scores) if len(scores) > 1 else None, "seeds": len(scores),
+               "step_time_ratio": timing.get("step_time_ratio"), "step_s": timing.get("step_s"),
+               "peak_mem_mb": timing.get("peak_mem_mb"),
+               "per_class_iou": _mean_per_class(finals[method])}
+        if method != "plain":
+            test = welch(scores, plain)
+            row.update(gain=test["diff"], gain_ci95=test["ci"], p_value=test["p_value"],
+                       mde=(minimum_detectable_effect(spread, len(scores), len(plain))
+                            if spread is not None and scores and plain else None))
+            reference, extrapolated = _equal_time_plain(plain, longer, factor, row["step_time_ratio"])
+            row["gain_equal_time"] = (row["miou_mean"] - reference
+                                      if reference is not None and row["miou_mean"] is not None else None)
+            row["equal_time_extrapolated"] = extrapolated
+        rows.append(row)
     classes = teacher["num_classes"]
     teacher = {**teacher, **model_costs({"name": teacher["model"], "kwargs": teacher["kwargs"]}, classes, size)}
     return {"machine": machine(), "protocol": args.protocol, "teacher": teacher,
             "student": {"model": student["name"], "kwargs": student["kwargs"],
                         **model_costs(student, classes, size)},
-            "seeds": args.seeds,
+            "seeds": args.seeds, "pooled_std": spread,
+            "runs_per_arm_for_1_point": runs_for_effect(spread, 0.01) if spread else None,
+            "equal_time": {"arm": EQUAL_TIME_ARM, "iterations_factor": factor, "per_seed_miou": longer},
             "rows": rows, "per_seed_miou": per_seed,
             "memory_kind": next((t.get("peak_mem_kind") for t in (timings or {}).values()), None),
             "command": " ".join(["python", "benchmarks/distill.py", *sys.argv[1:]])}
+
+
+def _mean_per_class(finals: list[dict]) -> dict[str, float | None]:
+    if not finals:
+        return {}
+    names = list(finals[0].get("per_class_iou", {}))
+    means = {}
+    for name in names:
+        values = [f["per_class_iou"][name] for f in finals if f["per_class_iou"].get(name) is not None]
+        means[name] = statistics.fmean(values) if values else None
+    return means
 
 
 def _pct(value, signed=False) -> str:
@@ -227,20 +307,51 @@ def to_markdown(summary: dict) -> str:
         f"{_costs(summary['student'])}",
         f"- seeds: {summary['seeds']}; configs: `configs/distill/{summary['protocol']}/<method>.yaml`",
         f"- command: `{summary['command']}`", "",
-        "mIoU in percent, mean ± std over seeds, each run's final checkpoint; gain against the plain student; step "
-        "time relative to the plain student, measured in one interleaved timing pass; peak memory = "
-        f"{summary.get('memory_kind') or 'n/a'} of a training process.", "",
-        "| method | paper | mIoU | ± | seeds | gain | step time | peak MB |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "mIoU in percent, mean ± std over seeds, each run's final checkpoint (no best-of selection), scored on val; "
+        "gain = method mean - plain mean with Welch's 95% interval and two-sided p-value; MDE = the smallest gain "
+        "this design detects with 80% power at alpha 0.05, from the pooled spread of all arms; an interval that "
+        "contains 0 is no evidence either way. Equal time = the method's mean minus the plain student given as many "
+        "iterations as the method's step-time ratio buys (interpolated between the plain arm and "
+        f"`{EQUAL_TIME_ARM}`; * = extrapolated). Step time relative to the plain student, measured in one "
+        f"interleaved timing pass; peak memory = {summary.get('memory_kind') or 'n/a'} of a training process.", "",
+        "| method | paper | mIoU | ± | n | gain [95% CI] | p | MDE | gain at equal time | step time | peak MB |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in summary["rows"]:
         ratio = f"{row['step_time_ratio']:.2f}x" if row["step_time_ratio"] is not None else "n/a"
-        memory = f"{row['peak_mem_mb']:.0f}" if row["peak_mem_mb"] is not None else "n/a"
+        memory = f"{row['peak_mem_mb']:.0f}" if row.get("peak_mem_mb") is not None else "n/a"
+        if row["method"] == "plain":
+            gain = p_value = mde = equal = "—"
+        else:
+            interval = row.get("gain_ci95")
+            gain = _pct(row.get("gain"), signed=True) + (
+                f" [{_pct(interval[0], signed=True)}, {_pct(interval[1], signed=True)}]" if interval else "")
+            p_value = f"{row['p_value']:.3f}" if row.get("p_value") is not None else "n/a"
+            mde = _pct(row.get("mde"))
+            equal = _pct(row.get("gain_equal_time"), signed=True) + ("*" if row.get("equal_time_extrapolated")
+                                                                    else "")
         lines.append(f"| {row['method']} | {PAPER_METHODS.get(row['method'], 'baseline')} | "
-                     f"{_pct(row['miou_mean'])} | {_pct(row['miou_std'])} | {row['seeds']} | "
-                     f"{_pct(row['gain'], signed=True) if row['method'] != 'plain' else '—'} | {ratio} | {memory} |")
+                     f"{_pct(row['miou_mean'])} | {_pct(row.get('miou_std'))} | {row['seeds']} | {gain} | "
+                     f"{p_value} | {mde} | {equal} | {ratio} | {memory} |")
+    spread = summary.get("pooled_std")
+    if spread is not None:
+        lines += ["", f"Pooled seed-to-seed std: {_pct(spread)} mIoU; runs per arm for an MDE of 1.0 mIoU at that "
+                      f"spread: {summary.get('runs_per_arm_for_1_point')}."]
+    equal_time = summary.get("equal_time") or {}
+    if equal_time.get("per_seed_miou"):
+        lines.append(f"`{equal_time['arm']}` ({equal_time['iterations_factor']:.2f}x the iterations): "
+                     + ", ".join(_pct(v) for v in equal_time["per_seed_miou"]) + ".")
     lines += ["", "Per-seed mIoU: " + "; ".join(f"{m}: {', '.join(_pct(s) for s in v) or 'none'}"
                                                for m, v in summary["per_seed_miou"].items()), ""]
+    classes = next((row["per_class_iou"] for row in summary["rows"] if row.get("per_class_iou")), None)
+    if classes:
+        lines += ["Per-class IoU (mean over seeds):", "",
+                  "| method | " + " | ".join(classes) + " |", "| --- |" + " ---: |" * len(classes)]
+        for row in summary["rows"]:
+            if row.get("per_class_iou"):
+                lines.append(f"| {row['method']} | "
+                             + " | ".join(_pct(row["per_class_iou"].get(name)) for name in classes) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -249,6 +360,8 @@ def main() -> None:
     parser.add_argument("--protocol", default="camvid_cpu", help="folder under configs/distill (default camvid_cpu)")
     parser.add_argument("--teacher", required=True, help="teacher checkpoint (overrides the configs' distill.teacher)")
     parser.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
+    parser.add_argument("--equal-time", action="store_true",
+                        help=f"also train the {EQUAL_TIME_ARM} arm (warm-start protocols) for the equal-time gain")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--runs", type=Path, help="run folders (default runs/distill_<protocol>)")
     parser.add_argument("--results", type=Path,
@@ -271,8 +384,10 @@ def main() -> None:
     runs = args.runs or REPO / "runs" / f"distill_{args.protocol}"
     args.results = args.results or REPO / "benchmarks" / "results" / f"distill_{args.protocol}"
     if not args.report_only:
+        ensure_base(args.protocol)
+        arms = [*args.methods, *([EQUAL_TIME_ARM] if args.equal_time else [])]
         for seed in args.seeds:  # all methods for one seed first, so a cut-short sweep still compares them all
-            for method in args.methods:
+            for method in arms:
                 run_training(args.protocol, method, seed, args.teacher, runs)
     from edgeseg.training.config import resolve_config
 

@@ -201,3 +201,41 @@ def test_a_bf16_teacher_feeds_float32_losses(teacher_path, tmp_path):
     trainer.model(images)
     total, parts = trainer.distiller.losses(images, torch.zeros(2, 64, 96, dtype=torch.long))
     assert total.dtype == torch.float32 and torch.isfinite(total) and total > 0
+
+
+def test_loss_balance_is_printed_logged_and_warned(teacher_path, tmp_path, capsys):
+    """Every distillation run measures each weighted term against the CE: a table at the start, columns in
+    metrics.csv at the first step and every train.balance_every steps, and a warning for a term out of range."""
+    losses = [{"name": "ace", "weight": 1.0, "student": ["output"], "teacher": ["output"]},
+              {"name": "cwd", "weight": 1.0e5, "student": ["logits"], "teacher": ["logits"]}]
+    config = distill_config(teacher_path, losses)
+    config["train"].update(iterations=4, balance_every=2, log_every=4, val_every=4)
+    Trainer(config, tmp_path).fit()
+    out = capsys.readouterr().out
+    assert "loss balance at iteration 1" in out and "cwd" in out.split("loss balance")[1]
+    assert "warning: loss balance: term 'cwd' value is" in out and "more than 20x" in out
+    assert "term 'ace'" not in out
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    measured = [row for row in rows if row.get("bal_ace")]
+    assert [int(row["iteration"]) for row in measured] == [1, 2, 4]
+    for row in measured:
+        assert float(row["bal_task"]) == pytest.approx(1.0)
+        assert float(row["gradbal_task"]) == pytest.approx(1.0)
+        assert 1e-3 < float(row["bal_ace"]) < 20 and float(row["bal_cwd"]) > 20
+        assert float(row["gradbal_cwd"]) > float(row["gradbal_ace"]) > 0
+
+
+def test_balance_measurement_leaves_training_unchanged(teacher_path, tmp_path):
+    """The extra gradient passes only read: a run with a measurement every step ends with the same weights."""
+    losses = METHODS["kd"]
+    states = []
+    for every, name in ((1, "often"), (1000, "once")):
+        config = distill_config(teacher_path, losses)
+        config["train"].update(iterations=3, balance_every=every, val_every=3)
+        trainer = Trainer(config, tmp_path / name)
+        trainer.fit()
+        states.append(trainer.model.state_dict())
+    for key in states[0]:
+        assert torch.allclose(states[0][key].float(), states[1][key].float()), key

@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "channels_last": "auto",    # auto (on CUDA) | true | false
         "threads": None,            # torch intra-op threads on CPU; None = torch's default
         "class_weights": None,      # per-class CE weights, e.g. CamVid median-frequency balancing
+        "balance_every": 100,       # distillation: measure each loss term against the CE every N steps (0 = first)
     },
     "distill": None,                # see edgeseg.training.distill.distiller for the schema
 }

@@ -80,6 +80,11 @@ def is_due(iteration: int, every: int, total: int) -> bool:
     return iteration == total or every > 0 and iteration % every == 0
 
 
+def is_balance_due(iteration: int, start: int, every: int) -> bool:
+    """The loss balance is measured at a run's (or a resumed run's) first step and every ``every`` steps."""
+    return iteration == start or (every > 0 and (iteration + 1) % every == 0)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -155,6 +160,8 @@ class Trainer:
                               f"{self.classes.num_classes} classes")
 
         self.iteration = 0
+        self.start_iteration = 0
+        self.pending_balance: dict | None = None
         self.best_miou = -1.0
         self.history: list[dict] = []
         if resume_from is not None:
@@ -220,7 +227,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self._apply_optim_config()
-        self.iteration = int(state["iteration"])
+        self.iteration = self.start_iteration = int(state["iteration"])
         self.best_miou = float(state["best_miou"])
         self.history = list(state.get("history", []))
         torch.set_rng_state(state["torch_rng"])
@@ -281,6 +288,9 @@ class Trainer:
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at iteration {self.iteration}; lower optim.lr or "
                                      f"check the distillation weights")
+        if self.distiller is not None and is_balance_due(self.iteration, self.start_iteration,
+                                                         self.config["train"]["balance_every"]):
+            self._check_balance(task)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.distributed and self.distiller is not None:
@@ -289,6 +299,20 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
+
+    def _check_balance(self, task: torch.Tensor) -> None:
+        """Measure every weighted term against the cross entropy (see :mod:`.distill.balance`); log and warn."""
+        from .distill.balance import balance_columns, balance_warnings, format_balance_table, measure_balance
+
+        terms = {"task": self.distiller.task_weight * task, **self.distiller.last_weighted}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        balance = measure_balance(terms, task, params)
+        self.pending_balance = {"iteration": self.iteration + 1, **balance_columns(balance)}
+        if self.rank == 0:
+            if self.iteration == self.start_iteration:
+                tqdm.write(format_balance_table(balance, self.iteration + 1))
+            for line in balance_warnings(balance):
+                tqdm.write(f"warning: {line}")
 
     def _average_adapter_gradients(self) -> None:
         """DDP averages the student's gradients; the distillation adapters live outside it and need the same."""
@@ -380,6 +404,9 @@ class Trainer:
                     running[key] = running.get(key, 0.0) + value
                 bar.update(1)
                 bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                if self.pending_balance is not None:
+                    self._log(self.pending_balance)
+                    self.pending_balance = None
                 if is_due(self.iteration, train_cfg["log_every"], total):
                     count = len(step_times)
                     row = {"iteration": self.iteration, "lr": self.scheduler.get_last_lr()[0],

@@ -82,6 +82,22 @@ def autoencoder_loss(model: FeatureAutoencoder, features: torch.Tensor, alpha: f
     return ((reconstruction - features).pow(2).sum() + alpha * code.abs().sum()) / elements
 
 
+@torch.no_grad()
+def code_statistics(model: FeatureAutoencoder, features: torch.Tensor) -> dict[str, float]:
+    """How well the frozen autoencoder serves as KA's latent space, on one batch of teacher features.
+
+    ``relative_error``: ||phi - D(E(phi))||^2 / ||phi||^2 (1.0 = no better than zeros). ``zero_codes``: the share of
+    positions whose whole code vector is 0 after the final ReLU; L2-normalising such a vector gives a zero target, so
+    ``ka`` teaches nothing there.
+    """
+    features = features.float()
+    code = model.encode(features)
+    reconstruction = model.decode(code, features.shape[-2:])
+    error = (reconstruction - features).pow(2).sum() / features.pow(2).sum().clamp_min(1e-12)
+    zero = (code.abs().amax(dim=1) == 0).float().mean()
+    return {"relative_error": float(error), "zero_codes": float(zero)}
+
+
 def train_autoencoder(feature_batches: Iterable[torch.Tensor], channels: int, latent_channels: int,
                       iterations: int, lr: float, device: str | torch.device, progress: bool = True, *,
                       alpha: float = 1e-7, weight_decay: float = 1e-4, momentum: float = 0.9,

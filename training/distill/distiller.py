@@ -86,6 +86,8 @@ class Distiller:
         self.teacher_taps = FeatureTaps(self.teacher, teacher_names)
         student_channels, teacher_channels = self._probe_channels(student, train_transform)
         self.teacher_channels = teacher_channels
+        self.autoencoder_stats: dict[str, dict[str, float]] = {}
+        self.last_weighted: dict[str, torch.Tensor] = {}
         self.criteria = nn.ModuleList()
         for spec in self.specs:
             try:
@@ -166,7 +168,24 @@ class Distiller:
         from edgeseg.runtime.io import atomic_path
 
         from ..data.dataset import SegmentationTorchDataset, make_loader
-        from .autoencoder import FeatureAutoencoder, train_autoencoder
+        from .autoencoder import FeatureAutoencoder, code_statistics, train_autoencoder
+
+        def teacher_features(loader):
+            while True:
+                for images, _ in loader:
+                    with torch.no_grad(), autocast(self.device, self.teacher_dtype):
+                        self.teacher(images.to(self.device))
+                    (feature,) = self.teacher_taps.take([layer])
+                    self.teacher_taps.clear()
+                    yield feature.float()
+
+        def feature_loader():
+            if train_set is None:
+                raise ConfigError("Knowledge Adaptation needs training data to fit its autoencoder")
+            dataset = SegmentationTorchDataset(train_set, transform, seed=AUTOENCODER_SEED + 7919)
+            sampler = torch.utils.data.RandomSampler(dataset,
+                                                     generator=torch.Generator().manual_seed(AUTOENCODER_SEED))
+            return make_loader(dataset, sampler, settings["batch_size"], workers=0, drop_last=True)
 
         if cache.is_file():
             state = torch.load(cache, map_location="cpu", weights_only=True)
@@ -175,41 +194,35 @@ class Distiller:
             model.load_state_dict(state["state_dict"])
             print(f"autoencoder for teacher layer {layer!r}: loaded from {cache}")
         else:
-            if train_set is None:
-                raise ConfigError("Knowledge Adaptation needs training data to fit its autoencoder")
             print(f"autoencoder for teacher layer {layer!r}: training ({settings['iterations']} iterations), "
                   f"cache {cache}")
-            dataset = SegmentationTorchDataset(train_set, transform, seed=AUTOENCODER_SEED + 7919)
-            sampler = torch.utils.data.RandomSampler(dataset,
-                                                     generator=torch.Generator().manual_seed(AUTOENCODER_SEED))
-            loader = make_loader(dataset, sampler, settings["batch_size"], workers=0, drop_last=True)
-
-            def teacher_features():
-                while True:
-                    for images, _ in loader:
-                        with torch.no_grad(), autocast(self.device, self.teacher_dtype):
-                            self.teacher(images.to(self.device))
-                        (feature,) = self.teacher_taps.take([layer])
-                        self.teacher_taps.clear()
-                        yield feature.float()
-
             channels = self.teacher_channels[layer]
-            model = train_autoencoder(teacher_features(), channels, latent, iterations=settings["iterations"],
-                                      lr=settings["lr"], device=self.device, stride=int(settings["stride"]))
+            model = train_autoencoder(teacher_features(feature_loader()), channels, latent,
+                                      iterations=settings["iterations"], lr=settings["lr"], device=self.device,
+                                      stride=int(settings["stride"]))
             with atomic_path(cache) as tmp:
                 torch.save({"channels": channels, "stride": model.stride, "state_dict": model.state_dict()}, tmp)
         model.to(self.device).eval()
         for param in model.parameters():
             param.requires_grad_(False)
+        if train_set is not None:
+            stats = code_statistics(model, next(teacher_features(feature_loader())))
+            self.autoencoder_stats[layer] = stats
+            print(f"autoencoder for teacher layer {layer!r}: relative reconstruction error "
+                  f"{stats['relative_error']:.3f}, positions with an all-zero code {100 * stats['zero_codes']:.1f}%")
         return model.encoder
 
     # ---------------------------------------------------------------------------------------------- training
     def losses(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted distillation loss for the student forward pass that just ran on ``images``."""
+        """Weighted distillation loss for the student forward pass that just ran on ``images``.
+
+        Each weighted term, still attached to the graph, is kept in ``last_weighted`` for the loss-balance check.
+        """
         with torch.no_grad(), autocast(self.device, self.teacher_dtype):
             self.teacher(images)
         total = images.new_zeros((), dtype=torch.float32)
         parts: dict[str, torch.Tensor] = {}
+        weighted: dict[str, torch.Tensor] = {}
         for spec, criterion in zip(self.specs, self.criteria):
             student = [t.float() for t in self.student_taps.take(spec["student"])]
             teacher = [t.float() for t in self.teacher_taps.take(spec["teacher"])]
@@ -217,7 +230,9 @@ class Distiller:
                 value = criterion(student, teacher, labels)
             key = spec["name"] if spec["name"] not in parts else f"{spec['name']}_{len(parts)}"
             parts[key] = value.detach()
-            total = total + spec["weight"] * value
+            weighted[key] = spec["weight"] * value
+            total = total + weighted[key]
+        self.last_weighted = weighted
         self.student_taps.clear()
         self.teacher_taps.clear()
         return total, parts
