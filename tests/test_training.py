@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -185,3 +186,64 @@ def test_checkpoint_backend_refuses_devices_it_cannot_run_naming_the_checkpoint(
 def test_periodic_actions_run_every_n_iterations_and_always_at_the_end():
     assert [i for i in range(1, 11) if is_due(i, 4, 10)] == [4, 8, 10]
     assert [i for i in range(1, 11) if is_due(i, 0, 10)] == [10]  # 0: only after the last iteration
+
+
+def _processes_with_marker(marker: str) -> list[int]:
+    """PIDs of live processes whose environment carries ``marker`` (children inherit it, wherever reparented)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc to find the processes")
+def test_sigkilled_training_leaves_no_process_behind(tmp_path):
+    """Three SIGKILLs of the training process alone (not its group), each followed by --resume: afterwards no
+    loader worker, fork server or resource tracker of those runs is alive, and no temporary checkpoint is left."""
+    out = tmp_path / "run"
+    config = tmp_path / "c.yaml"
+    config.write_text("name: killed\n")
+    overrides = [f"--set={o}" for o in [*TINY, "data.workers=1", "train.iterations=100000", "train.ckpt_every=2",
+                                        "train.val_every=100000"]]
+    marker = f"EDGESEG_KILL_TEST={os.getpid()}_{time.time_ns()}"
+    env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
+    (out / ".last.abc.tmp.pt").parent.mkdir(parents=True)
+    for attempt in range(3):
+        command = [sys.executable, "-m", "edgeseg.cli", "train"]
+        command += ["--resume", str(out)] if (out / "last.pt").exists() else [str(config), "--out", str(out)]
+        if attempt == 1:  # what a kill during a save leaves: a stale temporary beside last.pt
+            (out / ".last.abc.tmp.pt").write_bytes(b"partial")
+        proc = subprocess.Popen([*command, *overrides], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=env)
+        deadline = time.time() + 120
+        start = load_checkpoint(out / "last.pt")["train_state"]["iteration"] if (out / "last.pt").exists() else 0
+        while time.time() < deadline:
+            if (out / "last.pt").exists():
+                try:
+                    if load_checkpoint(out / "last.pt")["train_state"]["iteration"] >= start + 2:
+                        break
+                except Exception:  # being replaced right now
+                    pass
+            time.sleep(0.3)
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
+            pytest.fail("the run made no progress within 120 s")
+        assert len(_processes_with_marker(marker)) >= 2  # the trainer and at least its loader worker
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 30
+    while _processes_with_marker(marker) and time.time() < deadline:
+        time.sleep(0.5)
+    left = _processes_with_marker(marker)
+    for pid in left:  # do not leak them into the rest of the suite
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes of the killed runs still alive: {left}"
+    assert not list(out.glob(".last.*.tmp.pt"))

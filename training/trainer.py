@@ -367,6 +367,13 @@ class Trainer:
                 state["distiller"] = self.distiller.state_dict()
         save_checkpoint(self.out_dir / name, self._card(metrics), self.model.state_dict(), state)
 
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the temporary checkpoint files a kill during a save left behind (``last.pt`` itself is intact)."""
+        for pattern in (".last.*.tmp.pt", ".best.*.tmp.pt"):
+            for stale in self.out_dir.glob(pattern):
+                stale.unlink(missing_ok=True)
+                print(f"removed {stale.name}, left by an interrupted checkpoint save")
+
     def _log(self, row: dict) -> None:
         self.history.append(row)
         if self.rank != 0:
@@ -384,6 +391,7 @@ class Trainer:
         total = train_cfg["iterations"]
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temporaries()
             save_config(self.config, self.out_dir / "config.yaml")
         metrics: dict = {}
         batches = self._batches()
