@@ -247,3 +247,29 @@ def test_sigkilled_training_leaves_no_process_behind(tmp_path):
         os.kill(pid, signal.SIGKILL)
     assert not left, f"processes of the killed runs still alive: {left}"
     assert not list(out.glob(".last.*.tmp.pt"))
+
+
+def test_configs_that_would_train_nothing_or_everything_are_refused(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="empty.yaml is empty"):
+        resolve_config(empty)
+    for override, key in (("train.iterations=-5", "train.iterations"), ("train.iterations=0", "train.iterations"),
+                          ("data.batch_size=0", "data.batch_size"), ("train.val_every=-1", "train.val_every")):
+        with pytest.raises(ConfigError, match=f"{key} must be at least"):
+            resolve_config(None, [override])
+    assert main(["train", str(empty), "--out", str(tmp_path / "run")]) != 0
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_checkpoint_with_a_zero_std_is_refused(tmp_path):
+    from edgeseg.training.checkpoint import model_card, save_checkpoint
+    from edgeseg.training.models import create_model
+    from edgeseg.runtime.classes import CAMVID
+
+    model = create_model("tiny_segnet", num_classes=CAMVID.num_classes)
+    card = model_card(model_name="tiny_segnet", model_kwargs={}, classes=CAMVID, mean=[0.5, 0.5, 0.5],
+                      std=[0.2, 0.0, 0.2], input_size=[90, 120], config={})
+    path = save_checkpoint(tmp_path / "zero_std.pt", card, model.state_dict())
+    with pytest.raises(ModelFormatError, match="zero_std.pt: normalization needs .* positive std"):
+        load_checkpoint(path)

@@ -8,6 +8,7 @@ optimiser, scheduler, scaler and RNG states so that a killed run resumes where i
 
 from __future__ import annotations
 
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -68,7 +69,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [key for key in ("model", "classes", "normalization", "input_size", "state_dict") if key not in payload]
     if missing:
         raise ModelFormatError(f"{path} misses checkpoint fields {missing}")
+    _check_normalization(path, payload["normalization"])
     return payload
+
+
+def _check_normalization(path, normalization) -> None:
+    """Mean and std must be three finite numbers each, std positive: a zero std divides the input by zero."""
+    try:
+        mean, std = [float(v) for v in normalization["mean"]], [float(v) for v in normalization["std"]]
+    except (TypeError, KeyError, ValueError):
+        raise ModelFormatError(f"{path}: normalization must hold numeric 'mean' and 'std' lists") from None
+    if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise ModelFormatError(f"{path}: normalization needs 3 finite mean values and 3 positive std values, got "
+                               f"mean {mean}, std {std}")
 
 
 def card_classes(card: dict) -> ClassSpec:

@@ -169,12 +169,20 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if data is None:  # an empty file would silently train every default for an hour
+        raise ConfigError(f"{path} is empty; a config names at least what it changes (see configs/)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level")
     return data
+
+
+# Settings that count something and must be at least 1 (0 is allowed where it means "only at the end").
+POSITIVE_KEYS = {("train", "iterations"): 1, ("data", "batch_size"): 1, ("train", "log_every"): 0,
+                 ("train", "val_every"): 0, ("train", "ckpt_every"): 0, ("train", "balance_every"): 0,
+                 ("data", "workers"): 0, ("optim", "warmup_iters"): 0}
 
 
 def resolve_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> dict:
@@ -184,6 +192,10 @@ def resolve_config(path: str | Path | None = None, overrides: list[str] = (), ba
         config = merge(config, load_yaml(path))
     for text in overrides:
         config = merge(config, parse_override(text))
+    for (section, key), lowest in POSITIVE_KEYS.items():
+        value = config.get(section, {}).get(key)
+        if isinstance(value, int) and value < lowest:
+            raise ConfigError(f"{section}.{key} must be at least {lowest}, got {value}")
     return config
 
 

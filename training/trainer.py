@@ -9,7 +9,6 @@ a run killed at any moment resumes from its last checkpoint with ``--resume``.
 from __future__ import annotations
 
 import csv
-import math
 import os
 import random
 import time
@@ -445,8 +444,9 @@ class Trainer:
         return result
 
 
-def _mean(values: list[float]) -> float:
-    return float(sum(values) / len(values)) if values else math.nan
+def _mean(values: list[float]) -> float | None:
+    """None when there is nothing to average: metrics.json must stay valid JSON (no NaN)."""
+    return float(sum(values) / len(values)) if values else None
 
 
 def load_run_config(run: str | Path) -> dict:
