@@ -273,3 +273,21 @@ def test_checkpoint_with_a_zero_std_is_refused(tmp_path):
     path = save_checkpoint(tmp_path / "zero_std.pt", card, model.state_dict())
     with pytest.raises(ModelFormatError, match="zero_std.pt: normalization needs .* positive std"):
         load_checkpoint(path)
+
+
+def test_unreadable_checkpoint_error_never_advises_weights_only_false(tmp_path):
+    random_bytes = tmp_path / "random.pt"
+    random_bytes.write_bytes(bytes(range(256)) * 20)
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    code_carrying = tmp_path / "code.pt"
+    torch.save(Payload(), code_carrying)
+    for path in (random_bytes, code_carrying):
+        with pytest.raises(ModelFormatError) as caught:
+            load_checkpoint(path)
+        message = str(caught.value)
+        assert path.name in message and "weights_only" not in message and "\n" not in message
+    assert "GLOBAL posix.system" in str(pytest.raises(ModelFormatError, load_checkpoint, code_carrying).value)

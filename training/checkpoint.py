@@ -60,9 +60,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelFormatError(f"{path} is not a readable PyTorch checkpoint (corrupt, truncated, or it holds "
-                               f"objects that cannot be loaded safely): {first_line}") from err
+                               f"objects that cannot be loaded safely): {_load_failure(err)}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFormatError(f"{path} is not an edgeseg checkpoint (no '{FORMAT}' card); a bare state dict "
                                f"can be used as model.weights in a training config instead")
@@ -82,6 +81,18 @@ def _check_normalization(path, normalization) -> None:
     if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
         raise ModelFormatError(f"{path}: normalization needs 3 finite mean values and 3 positive std values, got "
                                f"mean {mean}, std {std}")
+
+
+def _load_failure(err: Exception) -> str:
+    """The reason torch gives, without its advice to retry with ``weights_only=False``: that would run the file's
+    code, which is exactly what a checkpoint from an unknown source must never do."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    for line in lines[1:]:  # torch's own reason sits between its advice and a pointer to the documentation
+        if "weights_only" not in line and not line.startswith("Check the documentation"):
+            return line.removeprefix("WeightsUnpickler error:").strip()
+    if isinstance(err, pickle.UnpicklingError) or (lines and "weights_only" in lines[0]):
+        return "not a tensor archive edgeseg can read safely"
+    return lines[0] if lines else type(err).__name__
 
 
 def card_classes(card: dict) -> ClassSpec:
