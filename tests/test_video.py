@@ -416,7 +416,7 @@ def test_truncated_file_ends_with_a_warning(tmp_path):
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     messages: list[str] = []
     summary = VideoPipeline(FakeSegmenter(), open_source(str(cut)), [ListSink()], log=quiet_log(messages)).run()
-    assert 0 < summary["frames"] < 20 and summary["ended_by"] == "end"
+    assert 0 < summary["frames"] < 20 and summary["ended_by"] == "truncated"
     assert len(messages) == 1 and f"read {summary['frames']} of the 20 frames" in messages[0]
 
 
@@ -494,3 +494,42 @@ assert code == 0 and not attempts, (code, attempts)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["frames"] == 5
+
+
+def test_cli_exits_non_zero_on_a_truncated_file(tmp_path, tiny_onnx, capsys):
+    whole = tmp_path / "whole.avi"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, FRAME_SIZE[::-1])
+    noise = np.random.default_rng(0)
+    for _ in range(20):
+        writer.write(noise.integers(0, 256, (*FRAME_SIZE, 3), dtype=np.uint8))
+    writer.release()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert main(["video", str(tiny_onnx.static), str(cut), "--json"]) == 1
+    err = capsys.readouterr().err
+    assert "edgeseg video: error:" in err and "ended before the frames it announces" in err
+    assert main(["video", str(tiny_onnx.static), str(whole), "--json"]) == 0  # the whole file is a success
+
+
+def test_first_open_of_a_live_source_is_retried_and_a_file_is_not():
+    from edgeseg.runtime.video.pipeline import open_with_retry
+
+    calls, waits, messages = [], [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise VideoSourceError("camera not ready")
+        return "opened"
+
+    policy = ReconnectPolicy(attempts=5, delay_s=0.1)
+    assert open_with_retry(flaky, "rtsp://cam", True, policy, messages.append, wait=waits.append) == "opened"
+    assert len(calls) == 3 and waits == [0.1, 0.2] and "attempt 2/5" in messages[-1]
+    calls.clear()
+    with pytest.raises(VideoSourceError):
+        open_with_retry(flaky, "clip.mp4", False, policy, messages.append, wait=waits.append)
+    assert len(calls) == 1
+    calls.clear()
+    with pytest.raises(VideoSourceError):  # a live source that never comes up fails after the policy's attempts
+        open_with_retry(flaky, "rtsp://cam", True, ReconnectPolicy(attempts=1), messages.append, wait=waits.append)
+    assert len(calls) == 2

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..arguments import add_model_arguments, count_argument, fraction_argument, size_argument
 from ..segmenter import Segmenter
-from .pipeline import ReconnectPolicy, VideoPipeline
+from .pipeline import INCOMPLETE_ENDINGS, ReconnectPolicy, VideoPipeline, open_with_retry
 from .render import OverlayRenderer
 from .sinks import SINK_FORMS, DisplaySink, ImageSequenceSink, VideoFileSink, VideoSink, open_sink
 from .sources import VideoSource, open_source
@@ -60,8 +61,10 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_video(args: argparse.Namespace) -> int:
     spec = parse_source(args.source)  # a typo in the source is reported before the model loads
+    policy = ReconnectPolicy(attempts=args.reconnect, delay_s=args.reconnect_delay)
     with Segmenter.load(args.model, backend=args.backend, device=args.device, size=args.size) as segmenter:
-        source = open_source(spec, gst=args.gst)
+        source = open_with_retry(lambda: open_source(spec, gst=args.gst), spec.uri or args.source, spec.is_live,
+                                 policy, log=lambda line: print(line, file=sys.stderr, flush=True))
         sinks: list[VideoSink] = []
         try:
             expected = args.max_frames
@@ -75,7 +78,7 @@ def run_video(args: argparse.Namespace) -> int:
                 segmenter, source, sinks,
                 reopen=lambda: open_source(spec, gst=args.gst),
                 alpha=args.alpha, legend=args.legend, max_frames=args.max_frames, queue_size=args.queue,
-                reconnect=ReconnectPolicy(attempts=args.reconnect, delay_s=args.reconnect_delay), progress=True,
+                reconnect=policy, progress=True,
             )
         except BaseException:
             source.close()
@@ -84,4 +87,10 @@ def run_video(args: argparse.Namespace) -> int:
             raise
         summary = pipeline.run()
     print(json.dumps(summary) if args.json else format_summary(summary), flush=True)
-    return 130 if summary["interrupted"] else 0
+    if summary["interrupted"]:
+        return 130
+    if summary["ended_by"] in INCOMPLETE_ENDINGS:
+        print(f"edgeseg video: error: {summary['source']}: {INCOMPLETE_ENDINGS[summary['ended_by']]} "
+              f"({summary['frames_read']} frames read)", file=sys.stderr)
+        return 1
+    return 0

@@ -65,6 +65,30 @@ class ReconnectPolicy:
         return min(self.delay_s * 2 ** (attempt - 1), self.max_delay_s)
 
 
+# How a run ended when the source was not read to its end without the user asking for that: a failure.
+INCOMPLETE_ENDINGS = {"stream-lost": "the live source was lost and did not come back",
+                      "truncated": "the file ended before the frames it announces"}
+
+
+def open_with_retry(opener, uri: str, live: bool, policy: ReconnectPolicy, log, wait=time.sleep):
+    """Open a source; a live one that fails its first open is retried with the reconnect back-off, as a break is.
+
+    A camera still booting or an RTSP server restarting is the usual case. Files are opened once: retrying a
+    missing file only delays its error.
+    """
+    attempt = 0
+    while True:
+        try:
+            return opener()
+        except STREAM_ERRORS as err:
+            if not live or attempt >= policy.attempts:
+                raise
+            attempt += 1
+            delay = policy.delay(attempt)
+            log(f"{uri}: first open failed ({err}); retrying in {delay:.3g} s (attempt {attempt}/{policy.attempts})")
+            wait(delay)
+
+
 @dataclass
 class _Frame:
     image: np.ndarray
@@ -310,7 +334,7 @@ class VideoPipeline:
             ``source``, ``output``, ``model``, ``backend``, ``providers``; ``frames`` rendered and ``frames_read``;
             ``wall_s`` and ``fps`` (frames / wall seconds); ``stage_ms`` = ``{stage: {p50, p99, mean}}`` for decode,
             preprocess, infer, postprocess, render and e2e; ``dropped`` stale live frames; ``reconnects``
-            (successful) and ``reconnect_attempts``; ``interrupted``; ``ended_by`` = end, max-frames, window,
+            (successful) and ``reconnect_attempts``; ``interrupted``; ``ended_by`` = end, truncated, max-frames, window,
             interrupt or stream-lost.
 
         Raises:
@@ -357,6 +381,7 @@ class VideoPipeline:
         if self.ended_by == "end" and announced and self.frames_read < announced - 1:
             self.log(f"{self.source.uri}: read {self.frames_read} of the {announced} frames the file announces "
                      "(truncated or corrupt file?)")
+            self.ended_by = "truncated"
         return {
             "source": self.source.uri,
             "output": ", ".join(sink.name for sink in self.sinks) or None,
