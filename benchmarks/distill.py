@@ -370,6 +370,8 @@ def main() -> None:
     parser.add_argument("--timing-steps", type=int, default=6, help="timed steps per method (after 2 warm-up)")
     parser.add_argument("--skip-timing", action="store_true", help="reuse the timing stored in the results JSON")
     parser.add_argument("--report-only", action="store_true", help="write the tables from finished runs only")
+    parser.add_argument("--retime", action="store_true",
+                        help="with --report-only: run the timing pass instead of reusing the stored timing")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, e.g. --set train.threads=1")
     parser.add_argument("--time-method", help=argparse.SUPPRESS)
@@ -395,7 +397,7 @@ def main() -> None:
     previous_path = args.results.with_suffix(".json")
     previous = json.loads(previous_path.read_text()) if previous_path.is_file() else None
     timings = None
-    if args.skip_timing or args.report_only:
+    if args.skip_timing or (args.report_only and not args.retime):
         if previous is not None and previous.get("protocol") == args.protocol:  # not another protocol's times
             timings = {row["method"]: {**row, "peak_mem_kind": previous.get("memory_kind")}
                        for row in previous["rows"] if row.get("step_time_ratio") is not None}
@@ -403,7 +405,7 @@ def main() -> None:
         timings = timing_pass(args)
     teacher = teacher_miou(args.teacher, plain_config["data"]["dataset"])
     summary = summarize(args, runs, timings, teacher, plain_config)
-    if args.report_only and previous is not None:  # the timings still come from the run that measured them
+    if args.report_only and not args.retime and previous is not None:  # timings from the run that measured them
         note = " (tables rewritten with --report-only)"
         summary["command"] = previous["command"].removesuffix(note) + note
     from edgeseg.runtime.io import write_json_atomic, write_text_atomic

@@ -1,0 +1,87 @@
+"""benchmarks/stats.py and the statistics of benchmarks/distill.py: intervals, p-values, MDE, equal-time gains."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import stats  # noqa: E402
+
+
+def _load_distill():
+    spec = importlib.util.spec_from_file_location("distill_benchmark", REPO / "benchmarks" / "distill.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("p, df, expected", [(0.975, 10, 2.2281), (0.975, 3, 3.1824), (0.8, 10, 0.8791),
+                                             (0.975, 1000, 1.9623), (0.5, 7, 0.0)])
+def test_t_quantiles_match_tables(p, df, expected):
+    assert stats.t_quantile(p, df) == pytest.approx(expected, abs=2e-4)
+    assert stats.t_cdf(stats.t_quantile(p, df), df) == pytest.approx(p, abs=1e-9)
+
+
+def test_welch_interval_and_p_value():
+    result = stats.welch([1.0, 2.0, 3.0, 4.0], [2.0, 3.0, 4.0, 5.0, 6.0])
+    assert result["diff"] == pytest.approx(-1.5)
+    assert result["df"] == pytest.approx(6.98, abs=0.01)
+    assert result["ci"] == pytest.approx([-3.765, 0.765], abs=2e-3)
+    assert result["p_value"] == pytest.approx(0.161, abs=2e-3)
+    assert stats.welch([1.0], [2.0, 3.0])["ci"] is None  # one run says nothing about spread
+
+
+def test_minimum_detectable_effect_shrinks_with_runs():
+    assert stats.minimum_detectable_effect(1.6, 2, 2) > stats.minimum_detectable_effect(1.6, 8, 8)
+    n = stats.runs_for_effect(1.6, 1.0)
+    assert stats.minimum_detectable_effect(1.6, n, n) <= 1.0 < stats.minimum_detectable_effect(1.6, n - 1, n - 1)
+    assert 38 <= n <= 46  # the review's figure for this spread: about 44 per arm
+
+
+def _write_run(runs: Path, method: str, seed: int, miou: float) -> None:
+    folder = runs / f"{method}_s{seed}"
+    folder.mkdir(parents=True)
+    final = {"miou": miou, "pixel_acc": 0.5, "per_class_iou": {"Sky": miou, "Road": None}}
+    (folder / "metrics.json").write_text(json.dumps({"final": final}))
+
+
+def test_summary_reports_gain_interval_mde_and_equal_time(tmp_path, monkeypatch):
+    distill = _load_distill()
+    runs = tmp_path / "runs"
+    plain, method, longer = [0.40, 0.41, 0.42, 0.43], [0.45, 0.46, 0.47], [0.42, 0.43, 0.44, 0.45]
+    for seed, value in enumerate(plain):
+        _write_run(runs, "plain", seed, value)
+        _write_run(runs, "plain_long", seed, longer[seed])
+    for seed, value in enumerate(method):
+        _write_run(runs, "dsd", seed, value)
+    monkeypatch.setattr(distill, "machine", lambda: "test machine")
+    monkeypatch.setattr(distill, "model_costs", lambda model, classes, size: {"params_m": 1.0, "gflops": 1.0,
+                                                                             "size": list(size)})
+    from edgeseg.training.config import resolve_config
+
+    plain_config = resolve_config(distill.config_path("camvid_cpu_r18_warm", "plain"))
+    args = argparse.Namespace(methods=["plain", "dsd"], seeds=[0, 1, 2, 3], protocol="camvid_cpu_r18_warm")
+    timings = {"plain": {"step_time_ratio": 1.0}, "dsd": {"step_time_ratio": 1.25}}
+    teacher = {"model": "bisenetv2", "kwargs": {}, "checkpoint": "t.pt", "miou": 0.5, "num_classes": 11}
+    summary = distill.summarize(args, runs, timings, teacher, plain_config)
+    row = next(r for r in summary["rows"] if r["method"] == "dsd")
+    assert row["seeds"] == 3 and row["gain"] == pytest.approx(0.46 - 0.415)
+    low, high = row["gain_ci95"]
+    assert low < row["gain"] < high and low > 0 and row["p_value"] < 0.05
+    assert row["mde"] > 0 and summary["pooled_std"] == pytest.approx(
+        stats.pooled_std([plain, method]), rel=1e-9)
+    # plain_long has 1.5x the iterations: a 1.25x step buys half of the way from plain (0.415) to it (0.435)
+    assert row["gain_equal_time"] == pytest.approx(0.46 - 0.425)
+    assert row["per_class_iou"]["Sky"] == pytest.approx(0.46) and row["per_class_iou"]["Road"] is None
+    markdown = distill.to_markdown(summary)
+    assert "gain [95% CI]" in markdown and "+4.50 [" in markdown and "+3.50" in markdown
+    assert "Per-class IoU" in markdown and json.dumps(summary, allow_nan=False)
+    assert math.isfinite(summary["runs_per_arm_for_1_point"])
