@@ -33,7 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from stats import minimum_detectable_effect, pooled_std, runs_for_effect, welch  # noqa: E402
+from stats import minimum_detectable_effect, paired, pooled_std, runs_for_effect, welch  # noqa: E402
 
 ALL_METHODS = ["plain", "kd", "cwd", "skd_pairwise", "dsd", "psd", "csd", "ka", "csc", "ace", "csc_ace"]
 # The plain student given more iterations (configs' plain_long.yaml, warm-start protocol): the reference for the
@@ -201,12 +201,13 @@ def machine() -> str:
     return f"{format_machine(info).splitlines()[0]}; {gpus}"
 
 
-def _final_scores(runs: Path, method: str, seeds: list[int]) -> list[dict]:
-    finals = []
+def _final_scores(runs: Path, method: str, seeds: list[int]) -> dict[int, dict]:
+    """seed -> final validation metrics, for the finished runs of ``method``."""
+    finals = {}
     for seed in seeds:
         metrics = runs / f"{method}_s{seed}" / "metrics.json"
         if metrics.is_file():
-            finals.append(json.loads(metrics.read_text())["final"])
+            finals[seed] = json.loads(metrics.read_text())["final"]
     return finals
 
 
@@ -226,10 +227,11 @@ def summarize(args, runs: Path, timings: dict | None, teacher: dict, plain_confi
     student = plain_config["model"]
     size = plain_config["data"]["base_size"] or plain_config["data"]["crop_size"]
     finals = {method: _final_scores(runs, method, args.seeds) for method in args.methods}
-    per_seed = {method: [f["miou"] for f in values] for method, values in finals.items()}
+    by_seed = {method: {seed: f["miou"] for seed, f in values.items()} for method, values in finals.items()}
+    per_seed = {method: list(values.values()) for method, values in by_seed.items()}
     plain = per_seed["plain"]
     spread = pooled_std([values for values in per_seed.values() if values])
-    longer = [f["miou"] for f in _final_scores(runs, EQUAL_TIME_ARM, args.seeds)]
+    longer = [f["miou"] for f in _final_scores(runs, EQUAL_TIME_ARM, args.seeds).values()]
     factor = None
     if longer and config_exists(args.protocol, EQUAL_TIME_ARM):
         from edgeseg.training.config import resolve_config
@@ -244,12 +246,15 @@ def summarize(args, runs: Path, timings: dict | None, teacher: dict, plain_confi
                "miou_std": statistics.stdev(scores) if len(scores) > 1 else None, "seeds": len(scores),
                "step_time_ratio": timing.get("step_time_ratio"), "step_s": timing.get("step_s"),
                "peak_mem_mb": timing.get("peak_mem_mb"),
-               "per_class_iou": _mean_per_class(finals[method])}
+               "per_class_iou": _mean_per_class(list(finals[method].values()))}
         if method != "plain":
             test = welch(scores, plain)
             row.update(gain=test["diff"], gain_ci95=test["ci"], p_value=test["p_value"],
                        mde=(minimum_detectable_effect(spread, len(scores), len(plain))
                             if spread is not None and scores and plain else None))
+            pairs = paired(by_seed[method], by_seed["plain"])
+            row.update(paired_n=pairs["n"], gain_paired=pairs["diff"], gain_paired_ci95=pairs["ci"],
+                       p_value_paired=pairs["p_value"], paired_std=pairs["std"], mde_paired=pairs["mde"])
             reference, extrapolated = _equal_time_plain(plain, longer, factor, row["step_time_ratio"])
             row["gain_equal_time"] = (row["miou_mean"] - reference
                                       if reference is not None and row["miou_mean"] is not None else None)
@@ -264,6 +269,7 @@ def summarize(args, runs: Path, timings: dict | None, teacher: dict, plain_confi
             "runs_per_arm_for_1_point": runs_for_effect(spread, 0.01) if spread else None,
             "equal_time": {"arm": EQUAL_TIME_ARM, "iterations_factor": factor, "per_seed_miou": longer},
             "rows": rows, "per_seed_miou": per_seed,
+            "seeds_by_method": {method: sorted(values) for method, values in by_seed.items()},
             "memory_kind": next((t.get("peak_mem_kind") for t in (timings or {}).values()), None),
             "command": " ".join(["python", "benchmarks/distill.py", *sys.argv[1:]])}
 
@@ -333,6 +339,18 @@ def to_markdown(summary: dict) -> str:
         lines.append(f"| {row['method']} | {PAPER_METHODS.get(row['method'], 'baseline')} | "
                      f"{_pct(row['miou_mean'])} | {_pct(row.get('miou_std'))} | {row['seeds']} | {gain} | "
                      f"{p_value} | {mde} | {equal} | {ratio} | {memory} |")
+    paired_rows = [row for row in summary["rows"] if row.get("paired_n", 0) >= 2]
+    if paired_rows:
+        lines += ["", "Paired by seed (a seed fixes the data order and augmentation in every arm, so what the seed "
+                      "does to both cancels in the difference): mean of the per-seed differences with its t "
+                      "interval; MDE from the spread of the differences.", "",
+                  "| method | pairs | paired gain [95% CI] | p | std of differences | MDE |",
+                  "| --- | ---: | --- | ---: | ---: | ---: |"]
+        for row in paired_rows:
+            interval = row["gain_paired_ci95"]
+            lines.append(f"| {row['method']} | {row['paired_n']} | {_pct(row['gain_paired'], signed=True)} "
+                         f"[{_pct(interval[0], signed=True)}, {_pct(interval[1], signed=True)}] | "
+                         f"{row['p_value_paired']:.3f} | {_pct(row['paired_std'])} | {_pct(row['mde_paired'])} |")
     spread = summary.get("pooled_std")
     if spread is not None:
         lines += ["", f"Pooled seed-to-seed std: {_pct(spread)} mIoU; runs per arm for an MDE of 1.0 mIoU at that "
@@ -341,8 +359,10 @@ def to_markdown(summary: dict) -> str:
     if equal_time.get("per_seed_miou"):
         lines.append(f"`{equal_time['arm']}` ({equal_time['iterations_factor']:.2f}x the iterations): "
                      + ", ".join(_pct(v) for v in equal_time["per_seed_miou"]) + ".")
-    lines += ["", "Per-seed mIoU: " + "; ".join(f"{m}: {', '.join(_pct(s) for s in v) or 'none'}"
-                                               for m, v in summary["per_seed_miou"].items()), ""]
+    seeds = summary.get("seeds_by_method", {})
+    lines += ["", "Per-seed mIoU: " + "; ".join(
+        f"{m}: {', '.join(_pct(s) for s in v) or 'none'}" + (f" (seeds {seeds[m]})" if seeds.get(m) else "")
+        for m, v in summary["per_seed_miou"].items()), ""]
     classes = next((row["per_class_iou"] for row in summary["rows"] if row.get("per_class_iou")), None)
     if classes:
         lines += ["Per-class IoU (mean over seeds):", "",

@@ -84,4 +84,16 @@ def test_summary_reports_gain_interval_mde_and_equal_time(tmp_path, monkeypatch)
     markdown = distill.to_markdown(summary)
     assert "gain [95% CI]" in markdown and "+4.50 [" in markdown and "+3.50" in markdown
     assert "Per-class IoU" in markdown and json.dumps(summary, allow_nan=False)
+    assert row["paired_n"] == 3 and row["gain_paired"] == pytest.approx(0.46 - 0.41)  # seeds 0-2 of both arms
+    assert "Paired by seed" in markdown and "(seeds [0, 1, 2])" in markdown
     assert math.isfinite(summary["runs_per_arm_for_1_point"])
+
+
+def test_paired_differences_cancel_what_the_seed_shares():
+    plain = {0: 0.40, 1: 0.43, 2: 0.38, 3: 0.45}
+    method = {seed: value + 0.01 + 0.001 * seed for seed, value in plain.items()}  # +1 point, tiny noise
+    result = stats.paired(method, plain)
+    assert result["n"] == 4 and result["diff"] == pytest.approx(0.0115)
+    assert result["ci"][0] > 0.009 and result["p_value"] < 0.001
+    assert result["mde"] < stats.minimum_detectable_effect(stats.pooled_std([list(plain.values())]), 4, 4)
+    assert stats.paired({0: 1.0, 5: 2.0}, {0: 0.5})["n"] == 1  # only seeds both arms hold are paired
