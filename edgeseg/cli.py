@@ -56,6 +56,15 @@ def _register_checkpoint_backend(args: argparse.Namespace) -> None:
                              f"(pip install 'edgeseg[train]'): {err}") from None
 
 
+def _one_line(err: Exception) -> str:
+    """The error's own message; a DataLoader worker wraps it in the worker's traceback, whose last line it is."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -72,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(run(args) or 0)
     except EdgesegError as err:
-        print(f"edgeseg {args.command}: error: {err}", file=sys.stderr)
+        print(f"edgeseg {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except OSError as err:  # the user's file system: a directory where a file goes, read-only, no space...
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"edgeseg {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("edgeseg: interrupted", file=sys.stderr)

@@ -4,6 +4,7 @@ behind) and content digests (which tell whether a cached result still belongs to
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -16,6 +17,8 @@ from typing import Any, Iterator
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block finishes without error."""
     target = Path(path)
+    if target.is_dir():  # os.replace would fail only after the work, naming the temporary file
+        raise IsADirectoryError(errno.EISDIR, "is a directory; give a file name", str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     # The temporary name keeps the target's suffix: writers such as FFmpeg pick the container from it.
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)

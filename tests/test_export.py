@@ -28,7 +28,7 @@ from edgeseg.runtime.errors import ConfigError
 from edgeseg.runtime.metadata import METADATA_KEY
 from edgeseg.runtime.preprocess import normalize, resize_image, resize_labels
 from edgeseg.runtime.segmenter import Segmenter
-from edgeseg.training.checkpoint import model_card, save_checkpoint
+from edgeseg.training.checkpoint import load_checkpoint, model_card, save_checkpoint
 from edgeseg.training.models import create_model
 
 SIZE = (64, 96)
@@ -288,3 +288,41 @@ def test_bad_input_is_one_clear_error(tiny, tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_file_system_and_checkpoint_problems_are_one_line_errors(tiny, tmp_path, capsys):
+    """--out naming a directory, a read-only target, weights of another shape, a malformed class list and a
+    data error raised inside a DataLoader worker all end in one line naming the problem and exit 1."""
+    path, model = tiny
+    folder = tmp_path / "a_directory.onnx"
+    folder.mkdir()
+    assert main(["export", str(path), "--format", "onnx", "--out", str(folder)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "a_directory.onnx" in err and "Traceback" not in err
+    card = load_checkpoint(path)
+    wrong = {k: (v[:5] if v.dim() and v.shape[0] == CAMVID.num_classes else v) for k, v in card["state_dict"].items()}
+    resized = save_checkpoint(tmp_path / "resized.pt", {k: v for k, v in card.items() if k != "state_dict"}, wrong)
+    assert main(["eval", str(resized), "--data", "camvid"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "do not fit tiny_segnet" in err and "size mismatch" in err
+    broken = {**{k: v for k, v in card.items() if k != "state_dict"}, "classes": {"names": 5}}
+    bad_classes = save_checkpoint(tmp_path / "classes.pt", broken, card["state_dict"])
+    assert main(["export", str(bad_classes), "--format", "onnx", "--out", str(tmp_path / "x.onnx")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "malformed class list" in err
+
+
+def test_a_data_error_from_a_loader_worker_is_shown_as_its_own_line():
+    from torch._utils import ExceptionWrapper
+
+    from edgeseg.cli import _one_line
+    from edgeseg.runtime.errors import DataError
+
+    try:
+        raise DataError("labels/train/0001.png: label values outside the classes")
+    except DataError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(DataError) as caught:
+        wrapped.reraise()
+    assert "Original Traceback" in str(caught.value)  # what torch hands back: the worker's whole traceback
+    assert _one_line(caught.value) == "labels/train/0001.png: label values outside the classes"

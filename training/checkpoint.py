@@ -96,7 +96,10 @@ def _load_failure(err: Exception) -> str:
 
 
 def card_classes(card: dict) -> ClassSpec:
-    return ClassSpec.from_dict(card["classes"])
+    try:
+        return ClassSpec.from_dict(card["classes"])
+    except (ValueError, TypeError, KeyError) as err:
+        raise ModelFormatError(f"checkpoint has a malformed class list: {err}") from None
 
 
 def card_to_meta(card: dict, **overrides: Any) -> ModelMeta:
@@ -126,7 +129,12 @@ def build_model_from_card(card: dict, load_weights: bool = True) -> torch.nn.Mod
     except (KeyError, TypeError) as err:
         raise ModelFormatError(f"checkpoint describes a model that cannot be built: {err}") from err
     if load_weights:
-        result = model.load_state_dict(card["state_dict"], strict=False)
+        try:
+            result = model.load_state_dict(card["state_dict"], strict=False)
+        except RuntimeError as err:  # tensors of the wrong shape: another width, class count or model
+            detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line),
+                          str(err).splitlines()[0])
+            raise ModelFormatError(f"checkpoint weights do not fit {card['model']['name']}: {detail}") from None
         if result.missing_keys or result.unexpected_keys:
             raise ModelFormatError(f"checkpoint weights do not fit {card['model']['name']}: missing "
                                    f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
