@@ -228,6 +228,25 @@ def sample_input(options: OnnxOptions) -> torch.Tensor:
     return torch.randn(options.batch, 3, height, width, generator=generator)
 
 
+# No segmentation network is deployed above this; beyond it the trace alone needs tens of gigabytes.
+MAX_EXPORT_PIXELS = 4096 * 4096
+
+
+def check_export_size(model: torch.nn.Module, size: tuple[int, int], model_name: str) -> None:
+    """Refuse sizes the network cannot use: a side below its deepest stride leaves that stage one position (the
+    7x7 export of a 38-mIoU model scored 2.6), and a size above ``MAX_EXPORT_PIXELS`` would exhaust memory."""
+    height, width = size
+    if height * width > MAX_EXPORT_PIXELS:
+        raise ConfigError(f"--size {height}x{width} is {height * width / 1e6:.0f} megapixels; the export limit is "
+                          f"{MAX_EXPORT_PIXELS / 1e6:.1f} (4096x4096)")
+    taps = getattr(model, "taps", None)
+    if isinstance(taps, dict) and taps:
+        deepest = max(getattr(tap, "stride", 1) for tap in taps.values())
+        if min(height, width) < 2 * deepest:
+            raise ConfigError(f"--size {height}x{width} is too small for {model_name}: its deepest stage has stride "
+                              f"{deepest}, so each side needs at least {2 * deepest} pixels")
+
+
 def probe_size(module: DeployModel, sample: torch.Tensor, model_name: str) -> torch.Tensor:
     """Run the network once at the export size, turning its failure into a clear error before tracing starts."""
     try:
@@ -353,6 +372,7 @@ def export_onnx(model: nn.Module, card: dict, options: OnnxOptions, path: str | 
     from . import precision as precision_mod
 
     meta = build_meta(card, options, checkpoint_name)
+    check_export_size(model, options.size, meta.model)
     module = deploy_module(model, card, options)
     sample = sample_input(options)
     probe_size(module, sample, meta.model)

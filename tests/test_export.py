@@ -326,3 +326,12 @@ def test_a_data_error_from_a_loader_worker_is_shown_as_its_own_line():
         wrapped.reraise()
     assert "Original Traceback" in str(caught.value)  # what torch hands back: the worker's whole traceback
     assert _one_line(caught.value) == "labels/train/0001.png: label values outside the classes"
+
+
+@pytest.mark.parametrize("size, message", [("7x7", "too small for tiny_segnet"), ("1x1", "too small"),
+                                           ("100000x100000", "megapixels; the export limit")])
+def test_unusable_export_sizes_are_refused(tiny, tmp_path, capsys, size, message):
+    path, _ = tiny
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(path), "--format", "onnx", "--size", size, "--out", str(out), "--check"]) == 1
+    assert message in capsys.readouterr().err and not out.exists()
