@@ -33,8 +33,9 @@ STUDENT = {
     "train": {"seed": 0, "ckpt_every": 50, "log_every": 10, "class_weights": CAMVID_CLASS_WEIGHTS},
 }
 # CSC + ACE (Park & Heo 2020) on the pre-classifier features and the outputs, as in
-# configs/distill/camvid_cpu_realtime/csc_ace.yaml: the method that gained most in benchmarks/results/distill_camvid.md
-# and costs no extra training stage (DSD lost mIoU there; Knowledge Adaptation first trains an autoencoder).
+# configs/distill/camvid_cpu_realtime/csc_ace.yaml: of the papers' methods the one that gained most from scratch
+# (benchmarks/results/distill_camvid_cpu_r18.md) and costs no extra training stage (Knowledge Adaptation first trains
+# an autoencoder).
 CSC_ACE = [{"name": "csc", "weight": 10.0, "student": ["feature"], "teacher": ["feature"]},
            {"name": "ace", "weight": 1.0, "student": ["output"], "teacher": ["output"], "params": {"mode": "switch"}}]
 
