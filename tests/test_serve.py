@@ -4,6 +4,7 @@ the tiny ONNX models from conftest, then the command line in a subprocess."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -673,3 +674,32 @@ def test_pixels_in_flight_are_bounded_with_503_and_retry_after():
         assert httpx.post(url + "/v1/segment", content=body, timeout=20).status_code == 200
     finally:
         stop()
+
+
+def test_oversized_request_headers_are_refused_and_the_server_lives_on():
+    from edgeseg.runtime.serve.commands import MAX_HEADER_BYTES, server_config
+
+    app = create_app(FakeSegmenter(batch=1), ServeConfig(max_batch=1))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(server_config(app))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline
+        time.sleep(0.02)
+    port = sock.getsockname()[1]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (4 * MAX_HEADER_BYTES) + b"\r\n\r\n")
+            answer = b""
+            with contextlib.suppress(OSError):
+                while chunk := client.recv(65536):
+                    answer += chunk
+        assert answer.split(b" ", 2)[1] in (b"400", b"431"), answer[:80]
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

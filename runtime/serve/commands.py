@@ -75,6 +75,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="uvicorn's log level (default %(default)s)")
 
 
+# Request line plus headers: past this h11 answers 431/400 instead of buffering (a 64 MB header was accepted).
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def server_config(app, *, log_level: str = "warning", access_log: bool = False):
+    """The uvicorn settings of ``edgeseg serve`` (also used by the tests, so they run what users run)."""
+    import uvicorn
+
+    return uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on", http="h11",
+                          h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                          timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+
+
 def _listen(host: str, port: int) -> socket.socket:
     """Bind the listening socket here, so that a busy port is one clear error instead of a uvicorn traceback."""
     try:
@@ -175,8 +188,7 @@ def run_serve(args: argparse.Namespace) -> int:
             print(f"edgeseg serve: listening on {args.host}, beyond this machine; the service has no "
                   "authentication", file=sys.stderr)
         print(f"edgeseg serve: listening on http://{url_host}:{port}/", file=sys.stderr, flush=True)
-        server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
-                                               lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
+        server = uvicorn.Server(server_config(app, log_level=args.log_level, access_log=args.access_log))
         with _interrupt_raises_keyboard_interrupt():
             server.run(sockets=[sock])
         return 0 if server.started else 1
