@@ -703,3 +703,15 @@ def test_oversized_request_headers_are_refused_and_the_server_lives_on():
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def test_png_chunk_declaring_more_bytes_than_the_file_is_refused(monkeypatch):
+    """Found by tests/test_fuzz.py: an IDAT length of ~4 GB in a 9 KB file made the decoder allocate 3.9 GB."""
+    png = bytearray(encode(halves_image(), ".png"))
+    assert png[37:41] == b"IDAT"
+    png[33:37] = (4_128_763_904).to_bytes(4, "big")
+    monkeypatch.setattr("edgeseg.runtime.serve.app.cv2.imdecode",
+                        lambda *args: (_ for _ in ()).throw(AssertionError("decoded")))
+    with pytest.raises(ApiError) as info:
+        decode_image(bytes(png), 10 ** 6)
+    assert info.value.status == 400 and "runs past the end of the file" in info.value.message

@@ -147,7 +147,7 @@ _INFLATE_STEP = 1 << 20
 
 
 def _png_inflates_within_header(data: bytes) -> bool:
-    """Whether the PNG's compressed pixel data inflates to no more than its header's size allows.
+    """Whether every PNG chunk fits in the file and the pixel data inflates to no more than the header allows.
 
     The header check bounds what a well-formed file decodes to, but zlib data can go on far beyond the rows the
     header declares (a 2.6 MB file with a 10x10 header inflated to 2.7 GB and took 5.8 s to decode). The data is
@@ -167,6 +167,8 @@ def _png_inflates_within_header(data: bytes) -> bool:
     try:
         while position + 8 <= len(data):
             length, kind = struct.unpack(">I4s", data[position:position + 8])
+            if position + 12 + length > len(data):  # libpng would allocate the declared length (up to 4 GiB)
+                return False
             if kind == b"IDAT":
                 pending = data[position + 8:position + 8 + length]
                 while pending:
@@ -217,7 +219,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     if not _is_complete(data, kind):
         raise ApiError(400, f"truncated {kind.upper()}: the file ends before its end marker")
     if kind == "png" and not _png_inflates_within_header(data):
-        raise ApiError(400, f"corrupt PNG: its pixel data inflates beyond the {width}x{height} its header declares")
+        raise ApiError(400, f"corrupt PNG: a chunk runs past the end of the file, or the pixel data inflates beyond "
+                            f"the {width}x{height} its header declares")
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if decoded is None:
         raise ApiError(400, f"corrupt {kind.upper()}: it could not be decoded")
