@@ -715,3 +715,14 @@ def test_png_chunk_declaring_more_bytes_than_the_file_is_refused(monkeypatch):
     with pytest.raises(ApiError) as info:
         decode_image(bytes(png), 10 ** 6)
     assert info.value.status == 400 and "runs past the end of the file" in info.value.message
+
+
+def test_an_image_over_the_pixel_limit_is_413_even_when_the_budget_is_full():
+    app = create_app(FakeSegmenter(batch=1), ServeConfig(max_batch=1, max_image_pixels=10_000,
+                                                          max_pixels_in_flight=5_000))
+    url, stop = free_port_server(app)
+    try:
+        response = httpx.post(url + "/v1/segment", content=encode(np.zeros((200, 200, 3), np.uint8)), timeout=20)
+    finally:
+        stop()
+    assert response.status_code == 413

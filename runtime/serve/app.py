@@ -374,6 +374,8 @@ class _Server:
         """Hold the image's declared pixels against ``max_pixels_in_flight`` for the whole request, or refuse."""
         size = declared_size(data)
         pixels = size[0] * size[1] if size else 0
+        if pixels > self.config.max_image_pixels:
+            pixels = 0  # refused with 413 by the decoder: "retry later" (503) would be the wrong answer
         if pixels and self.pixels_in_flight + pixels > self.config.max_pixels_in_flight:
             raise ApiError(503, f"server busy: {self.pixels_in_flight} pixels of images in flight, the limit is "
                                 f"{self.config.max_pixels_in_flight}; retry later", headers={"Retry-After": "1"})
