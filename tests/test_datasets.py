@@ -338,7 +338,8 @@ def test_embedded_camvid_sample_counts_and_class_ids():
     assert {0, 1, 3, IGNORE_INDEX} <= seen  # sky, building, road and void are in every CamVid street scene
 
 
-FULL_CAMVID = Path("/work/shared/data/camvid")
+# The full copy sits beside the repository on the development and CI machines (shared/ next to the clone).
+FULL_CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 
 
 @pytest.mark.skipif(not FULL_CAMVID.is_dir(), reason="needs the full CamVid copy the sample was made from")
