@@ -17,6 +17,7 @@ quickstart:
 	$(BIN)/edgeseg quickstart --out runs/quickstart
 
 test:
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import random
 import statistics
 import struct
@@ -29,7 +28,6 @@ from pathlib import Path
 
 import cv2
 import httpx
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import Server, build_student  # noqa: E402
@@ -167,7 +165,7 @@ def write_report(result: dict, stem: Path) -> None:
     from edgeseg.runtime.io import write_json_atomic, write_text_atomic
 
     s = result["summary"]
-    lines = [f"# Soak test of `edgeseg serve`", "", f"- command: `{result['command']}`",
+    lines = ["# Soak test of `edgeseg serve`", "", f"- command: `{result['command']}`",
              f"- machine: {result['machine']}", f"- commit: {result['commit']}, date: {result['date']}",
              f"- model: {result['model']}; {result['minutes']} min at {result['rate']} requests/s, mix {MIX}", "",
              f"Requests: {s['requests']}; answers by class: {s['by_class']}; `/healthz` afterwards: "

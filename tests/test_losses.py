@@ -424,8 +424,9 @@ def test_autoencoder_rejects_features_of_the_wrong_width():
 
 # ------------------------------------------------------------------------------------------------ scale pins
 # Inputs of known statistics: student logits ~ N(0, 1) over 11 classes (cross entropy ~ 2.9 against random labels),
-# teacher logits ~ N(0, 4^2) (a confident, trained teacher) and unit-variance features. Each loss at the warm-start protocol's weight must stay within [1/1000, 20] x that CE,
-# the range the trainer's loss-balance check accepts; the review found KA at ~190x and CSD at ~1e-4x.
+# teacher logits ~ N(0, 4^2) (a confident, trained teacher) and unit-variance features. Each loss at the warm-start
+# protocol's weight must stay within [1/1000, 20] x that CE, the range the trainer's loss-balance check accepts; the
+# review found KA at ~190x and CSD at ~1e-4x.
 
 def _scale_inputs(seed=0):
     generator = torch.Generator().manual_seed(seed)

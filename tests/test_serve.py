@@ -655,8 +655,9 @@ def test_png_whose_data_inflates_past_its_header_is_refused_without_decoding(mon
 
 
 def test_pixels_in_flight_are_bounded_with_503_and_retry_after():
-    """Two slow 64x64 images (4096 pixels each) fit a 6000-pixel budget one at a time: the second, sent while the first is in flight,
-    is refused before decoding with 503 and Retry-After; once the first is answered the budget is free again."""
+    """Two slow 64x64 images (4096 pixels each) fit a 6000-pixel budget one at a time: the second, sent while the
+    first is in flight, is refused before decoding with 503 and Retry-After; once the first is answered the budget
+    is free again."""
     app = create_app(FakeSegmenter(batch=1, delay_s=0.6), ServeConfig(max_batch=1, max_pixels_in_flight=6000))
     url, stop = free_port_server(app)
     body = encode(np.zeros((64, 64, 3), np.uint8))
