@@ -148,3 +148,33 @@ def check_parity(model: nn.Module, onnx_path, card: dict, images: list[np.ndarra
             results.append(ParityResult(size, min(step, len(images)), len(images), equal / total,
                                         None if meta.fused_post else worst, min_agreement, max_abs_error))
     return results
+
+
+# Below this share of equal pixels against the checkpoint at its trained size, ``--check`` warns that the export
+# size itself costs accuracy (parity at the export size cannot show it: both sides run at the same size).
+TRAINED_SIZE_WARNING = 0.9
+
+
+def trained_size_agreement(model: nn.Module, onnx_path, card: dict, images: list[np.ndarray],
+                           export_size: tuple[int, int]) -> float | None:
+    """Share of pixels on which the export, at its own size, agrees with the checkpoint at its trained size.
+
+    Both class maps are compared on each image's own grid, as the runtime delivers them. None when the export
+    size is the trained size (the parity check already covers that case).
+    """
+    from edgeseg.runtime.preprocess import resize_labels
+    from edgeseg.runtime.segmenter import Segmenter
+
+    trained = tuple(card["input_size"])
+    if tuple(export_size) == trained or not images:
+        return None
+    mean, std = card["normalization"]["mean"], card["normalization"]["std"]
+    equal = total = 0
+    with Segmenter.load(str(onnx_path), backend="onnxruntime", device="cpu") as segmenter:
+        for image in images:
+            exported = segmenter.segment(image)
+            logits = torch_logits(model, resize_image(image, trained)[None], mean, std)
+            reference = resize_labels(logits[0].argmax(axis=0).astype(np.uint8), image.shape[:2])
+            equal += int((exported == reference).sum())
+            total += reference.size
+    return equal / total

@@ -181,7 +181,7 @@ def check_images(card: dict, args: argparse.Namespace, log) -> tuple[str, list]:
 
 
 def run_parity(model, onnx_path: Path, card: dict, size, precision: str, args, log) -> bool:
-    from .check import DEFAULT_MIN_AGREEMENT, check_parity
+    from .check import DEFAULT_MIN_AGREEMENT, TRAINED_SIZE_WARNING, check_parity, trained_size_agreement
 
     label, images = check_images(card, args, log)
     threshold = args.min_agreement if args.min_agreement is not None else DEFAULT_MIN_AGREEMENT[precision]
@@ -191,6 +191,13 @@ def run_parity(model, onnx_path: Path, card: dict, size, precision: str, args, l
     results = check_parity(model, onnx_path, card, images, size, threshold, args.max_abs_error)
     for result in results:
         log("  " + result.describe())
+    agreement = trained_size_agreement(model, onnx_path, card, images, size)
+    if agreement is not None:
+        trained = "x".join(str(v) for v in card["input_size"])
+        log(f"  against the checkpoint at its trained size {trained}: {100 * agreement:.2f}% of pixels agree")
+        if agreement < TRAINED_SIZE_WARNING:
+            log(f"warning: at {size[0]}x{size[1]} the export changes {100 * (1 - agreement):.1f}% of the "
+                f"predictions the checkpoint makes at its trained size {trained}: the size itself costs accuracy")
     return all(result.passed for result in results)
 
 

@@ -335,3 +335,18 @@ def test_unusable_export_sizes_are_refused(tiny, tmp_path, capsys, size, message
     out = tmp_path / "m.onnx"
     assert main(["export", str(path), "--format", "onnx", "--size", size, "--out", str(out), "--check"]) == 1
     assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_check_compares_a_changed_size_with_the_checkpoint_at_its_trained_size(tiny, tmp_path, capsys):
+    path, _ = tiny
+    trained = "x".join(str(v) for v in SIZE)
+    assert main(["export", str(path), "--format", "onnx", "--out", str(tmp_path / "same.onnx"), "--check"]) == 0
+    assert "trained size" not in capsys.readouterr().out  # same size: the parity check covers it
+    assert main(["export", str(path), "--format", "onnx", "--size", "32x32", "--out", str(tmp_path / "small.onnx"),
+                 "--check"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "against the checkpoint at its trained size" in line)
+    assert trained in line
+    share = float(line.split(": ")[-1].split("%")[0]) / 100
+    assert 0.0 <= share <= 1.0
+    assert ("warning: at 32x32 the export changes" in out) == (share < 0.9)
