@@ -3,13 +3,14 @@
 One ``edgeseg serve`` on 127.0.0.1 (a freshly initialised Fast-SCNN exported with ``--fuse all``, or ``--model``)
 receives ``--rate`` requests per second for ``--minutes``: valid JPEG/PNG images (most of the traffic), bodies over
 the size limit, images over the pixel limit, truncated and mutated files, decompression bombs and bad queries, in a
-fixed random mix (``--seed``). The script reports requests, answers by status class, p50/p99 latency of the valid
-requests and the server's resident memory over time, and writes ``benchmarks/results/soak.{md,json,png}``.
+fixed random mix (``--seed``). Before that, ``--burst`` concurrent uploads of the largest image the server accepts
+measure its peak memory at its limits. The script reports requests, answers by status class, p50/p99 latency of the
+valid requests and the server's resident memory over time, and writes ``benchmarks/results/soak.{md,json,png}``.
 
 All traffic goes to 127.0.0.1; the rate, the duration and each request's time are bounded, and the script stops by
 itself.
 
-Usage: ``python benchmarks/soak.py [--minutes 3] [--rate 8] [--model M.onnx]``
+Usage: ``python benchmarks/soak.py [--minutes 3] [--rate 8] [--burst 8] [--model M.onnx]``
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import cv2
 import httpx
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import Server, build_student  # noqa: E402
@@ -121,6 +123,35 @@ async def soak(server: Server, catalogue: dict, minutes: float, rate: float, see
     return {"records": records, "memory": memory, "healthz_after": health}
 
 
+async def burst(server: Server, count: int, side: int) -> dict:
+    """``count`` concurrent uploads of a ``side`` x ``side`` PNG (just under the 50-megapixel limit at 7000): the
+    server's peak RSS while they are in flight, and how each was answered."""
+    image = np.zeros((side, side, 3), np.uint8)
+    image[:, : side // 2] = (40, 120, 200)
+    body = cv2.imencode(".png", image)[1].tobytes()
+    peak = rss_mb(server.process.pid)
+    start_rss = peak
+
+    async def watch(stop: asyncio.Event) -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, rss_mb(server.process.pid))
+            await asyncio.sleep(0.05)
+
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(timeout=120) as client:
+        watcher = asyncio.create_task(watch(stop))
+        started = time.monotonic()
+        answers = await asyncio.gather(*(client.post(server.url + "/v1/segment", content=body, params={
+            "format": "json"}) for _ in range(count)), return_exceptions=True)
+        seconds = time.monotonic() - started
+        stop.set()
+        await watcher
+    statuses = [a.status_code if isinstance(a, httpx.Response) else type(a).__name__ for a in answers]
+    return {"count": count, "side": side, "body_kb": len(body) / 1024, "statuses": statuses,
+            "rss_before_mb": start_rss, "rss_peak_mb": peak, "seconds": seconds}
+
+
 def summarise(run: dict) -> dict:
     records = run["records"]
     by_class: dict[str, int] = {}
@@ -173,7 +204,14 @@ def write_report(result: dict, stem: Path) -> None:
              f"Valid requests answered 200: {s['valid_ok']}, latency p50 {s['valid_p50_ms']:.1f} ms, "
              f"p99 {s['valid_p99_ms']:.1f} ms.", "",
              f"Server RSS: {s['rss_start_mb']:.0f} MB at the start, {s['rss_peak_mb']:.0f} MB at the peak, "
-             f"{s['rss_end_mb']:.0f} MB at the end.", "", "| kind | answers |", "| --- | --- |"]
+             f"{s['rss_end_mb']:.0f} MB at the end.", ""]
+    if result.get("burst"):
+        b = result["burst"]
+        lines += [f"Before the soak, {b['count']} concurrent uploads of a {b['side']}x{b['side']} PNG "
+                  f"({b['body_kb']:.0f} KB each, just under the 50-megapixel limit): answers {b['statuses']}, server "
+                  f"RSS {b['rss_before_mb']:.0f} MB before and {b['rss_peak_mb']:.0f} MB at the peak, "
+                  f"{b['seconds']:.1f} s in all.", ""]
+    lines += ["| kind | answers |", "| --- | --- |"]
     for kind, counts in s["by_kind"].items():
         lines.append(f"| {kind} | {', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))} |")
     lines += ["", f"![server memory over time]({stem.name}.png)", ""]
@@ -186,6 +224,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--rate", type=float, default=8.0, help="requests per second (default 8)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--burst", type=int, default=8,
+                        help="first send this many concurrent 7000x7000 PNGs and record the peak RSS (0: skip)")
     parser.add_argument("--model", type=Path, help="model to serve (default: a fresh Fast-SCNN at 96x128)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="output path without suffix")
     args = parser.parse_args()
@@ -197,6 +237,7 @@ def main() -> int:
         model = args.model or build_student("fastscnn", (96, 128), Path(folder))
         server = Server(model, ("--max-batch", "4"))
         try:
+            largest = asyncio.run(burst(server, args.burst, 7000)) if args.burst else None
             run = asyncio.run(soak(server, bodies(args.seed), args.minutes, args.rate, args.seed))
         finally:
             server.stop()
@@ -207,7 +248,7 @@ def main() -> int:
     result = {"command": " ".join(["python", "benchmarks/soak.py", *sys.argv[1:]]),
               "machine": format_machine(describe_machine()).splitlines()[0], "commit": commit,
               "date": datetime.date.today().isoformat(), "model": str(args.model or "fastscnn 96x128 (fresh)"),
-              "minutes": args.minutes, "rate": args.rate, "summary": summarise(run)}
+              "minutes": args.minutes, "rate": args.rate, "burst": largest, "summary": summarise(run)}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     plot(result["summary"], args.results.with_suffix(".png"))
     write_report(result, args.results)

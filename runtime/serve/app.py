@@ -78,8 +78,8 @@ class ServeConfig:
         max_queue: Images that may wait for a worker before requests are refused with 503.
         max_pixels_in_flight: Pixels (by their headers) of all images being decoded, waiting or segmented at once;
             a request that would pass it is answered 503 with Retry-After before its image is decoded. It bounds
-            the server's image memory: about 7 bytes per pixel (the decoded BGR and RGB copies and the class map),
-            700 MB at the default of 100 megapixels, on top of the model and the request bodies.
+            the server's image memory: about 9 bytes per pixel (measured: the decoded BGR and RGB copies, the
+            resized input and the class map), so about 900 MB at the default of 100 megapixels on top of the model.
         request_timeout_s: How long a request waits for its inference before it is answered with 504.
         source: Video source URI for ``/v1/stream``; None disables the stream.
         stream_alpha: Opacity of the class colours on the stream.

@@ -63,8 +63,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest request body in MiB (default %(default)s)")
     parser.add_argument("--max-megapixels-in-flight", type=_positive_float, default=100.0, metavar="MP",
                         help="pixels of all images being decoded or segmented at once; past it requests get 503 "
-                             "with Retry-After. Image memory is about 7 bytes per pixel (default %(default)s MP, "
-                             "about 700 MB)")
+                             "with Retry-After. Image memory is about 9 bytes per pixel (default %(default)s MP, "
+                             "about 900 MB)")
     parser.add_argument("--size", type=size_argument, metavar="HxW",
                         help="network input size for a model exported with dynamic height and width; without it "
                              "each image runs at its own size rounded to 32")
