@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import random
 import resource
-import socket
-import threading
 import time
 
 import cv2
 import httpx
 import numpy as np
 import pytest
-import uvicorn
+from test_serve import free_port_server
 
 from edgeseg.cli import main
 from edgeseg.runtime.segmenter import Segmenter
 from edgeseg.runtime.serve import ServeConfig, create_app
-from edgeseg.runtime.serve.commands import server_config
 
 SEED = 20261201
 TIME_BOUND_S = 60.0
@@ -62,20 +59,10 @@ def fuzz_server(tiny_onnx):
     segmenter = Segmenter.load(tiny_onnx.fused)
     app = create_app(segmenter, ServeConfig(max_batch=4, max_wait_ms=5, max_image_bytes=300_000,
                                             max_image_pixels=4_000_000))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(server_config(app))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=20) as client:
+    url, stop = free_port_server(app, production=True)
+    with httpx.Client(base_url=url, timeout=20) as client:
         yield client
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    stop()
     segmenter.close()
 
 

@@ -98,11 +98,17 @@ class FakeSegmenter:
         return image
 
 
-def free_port_server(app, **config):
-    """Start uvicorn on 127.0.0.1 with an OS-chosen port in a thread; returns (base URL, stop function)."""
+def free_port_server(app, production: bool = False, **config):
+    """Start uvicorn on 127.0.0.1 with an OS-chosen port in a thread; returns (base URL, stop function).
+
+    ``production`` uses exactly the settings of ``edgeseg serve`` (its HTTP implementation and limits).
+    """
+    from edgeseg.runtime.serve.commands import server_config
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1,
+    server = uvicorn.Server(server_config(app) if production else
+                            uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1,
                                            **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -678,19 +684,10 @@ def test_pixels_in_flight_are_bounded_with_503_and_retry_after():
 
 
 def test_oversized_request_headers_are_refused_and_the_server_lives_on():
-    from edgeseg.runtime.serve.commands import MAX_HEADER_BYTES, server_config
+    from edgeseg.runtime.serve.commands import MAX_HEADER_BYTES
 
-    app = create_app(FakeSegmenter(batch=1), ServeConfig(max_batch=1))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(server_config(app))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline
-        time.sleep(0.02)
-    port = sock.getsockname()[1]
+    url, stop = free_port_server(create_app(FakeSegmenter(batch=1), ServeConfig(max_batch=1)), production=True)
+    port = int(url.rsplit(":", 1)[1])
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (4 * MAX_HEADER_BYTES) + b"\r\n\r\n")
@@ -699,11 +696,9 @@ def test_oversized_request_headers_are_refused_and_the_server_lives_on():
                 while chunk := client.recv(65536):
                     answer += chunk
         assert answer.split(b" ", 2)[1] in (b"400", b"431"), answer[:80]
-        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        assert httpx.get(url + "/healthz", timeout=10).status_code == 200
     finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+        stop()
 
 
 def test_png_chunk_declaring_more_bytes_than_the_file_is_refused(monkeypatch):

@@ -404,8 +404,8 @@ def test_ctrl_c_stops_cleanly_and_finalises_the_output(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_truncated_file_ends_with_a_warning(tmp_path):
-    """A file cut short still gives the frames it has, and the run says how many the header promised."""
+def write_whole_and_cut_video(tmp_path: Path) -> tuple[Path, Path]:
+    """A 20-frame MJPG file and a copy cut after half its bytes (its header still announces 20 frames)."""
     whole = tmp_path / "whole.avi"
     writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, FRAME_SIZE[::-1])
     noise = np.random.default_rng(0)
@@ -414,6 +414,12 @@ def test_truncated_file_ends_with_a_warning(tmp_path):
     writer.release()
     cut = tmp_path / "cut.avi"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    return whole, cut
+
+
+def test_truncated_file_ends_with_a_warning(tmp_path):
+    """A file cut short still gives the frames it has, and the run says how many the header promised."""
+    _, cut = write_whole_and_cut_video(tmp_path)
     messages: list[str] = []
     summary = VideoPipeline(FakeSegmenter(), open_source(str(cut)), [ListSink()], log=quiet_log(messages)).run()
     assert 0 < summary["frames"] < 20 and summary["ended_by"] == "truncated"
@@ -497,14 +503,7 @@ assert code == 0 and not attempts, (code, attempts)
 
 
 def test_cli_exits_non_zero_on_a_truncated_file(tmp_path, tiny_onnx, capsys):
-    whole = tmp_path / "whole.avi"
-    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, FRAME_SIZE[::-1])
-    noise = np.random.default_rng(0)
-    for _ in range(20):
-        writer.write(noise.integers(0, 256, (*FRAME_SIZE, 3), dtype=np.uint8))
-    writer.release()
-    cut = tmp_path / "cut.avi"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    whole, cut = write_whole_and_cut_video(tmp_path)
     assert main(["video", str(tiny_onnx.static), str(cut), "--json"]) == 1
     err = capsys.readouterr().err
     assert "edgeseg video: error:" in err and "ended before the frames it announces" in err
