@@ -54,9 +54,15 @@ def balance_columns(balance: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def balance_warnings(balance: dict[str, dict[str, float]]) -> list[str]:
-    """One line per term whose value or gradient is outside the range the module docstring gives."""
+    """One line per term whose value or gradient is outside the range the module docstring gives.
+
+    A term that is exactly zero in value and gradient is switched off on purpose (``distill.task_weight: 0`` when
+    ACE replaces the cross entropy, a weight of 0 in an ablation) and is not warned about.
+    """
     lines = []
     for name, figures in balance.items():
+        if figures["value"] == 0.0 and figures["grad"] == 0.0:
+            continue
         for what in ("value", "grad"):
             ratio = figures[f"{what}_ratio"]
             if not math.isfinite(ratio):
