@@ -127,6 +127,7 @@ def time_method(protocol: str, method: str, teacher: str, steps: int, warmup: in
         images, labels = next(batches)
         started = time.perf_counter()
         trainer.train_step(images, labels)
+        trainer.iteration += 1  # as fit() does: the loss-balance check runs at the first (warm-up) step only
         if cuda:
             torch.cuda.synchronize(trainer.device)
         if step >= warmup:
