@@ -208,7 +208,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     kind = image_format(data)
     if kind is None:
         raise ApiError(415, "the body is not a JPEG or PNG image (unrecognised file signature)")
-    size = _png_size(data) if kind == "png" else _jpeg_size(data)
+    size = declared_size(data)
     if size is None:
         raise ApiError(400, f"corrupt or truncated {kind.upper()}: no readable image header")
     height, width = size
