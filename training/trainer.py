@@ -303,9 +303,8 @@ class Trainer:
         """Measure every weighted term against the cross entropy (see :mod:`.distill.balance`); log and warn."""
         from .distill.balance import balance_columns, balance_warnings, format_balance_table, measure_balance
 
-        terms = {"task": self.distiller.task_weight * task, **self.distiller.last_weighted}
         params = [p for p in self.model.parameters() if p.requires_grad]
-        balance = measure_balance(terms, task, params)
+        balance = measure_balance(self.distiller.last_weighted, task, params, self.distiller.task_weight)
         self.pending_balance = {"iteration": self.iteration + 1, **balance_columns(balance)}
         if self.rank == 0:
             if self.iteration == self.start_iteration:

@@ -18,14 +18,18 @@ WARN_ABOVE = 20.0
 WARN_BELOW = 1e-3
 
 
-def measure_balance(terms: dict[str, torch.Tensor], reference: torch.Tensor,
-                    params: list[torch.Tensor]) -> dict[str, dict[str, float]]:
+def measure_balance(terms: dict[str, torch.Tensor], reference: torch.Tensor, params: list[torch.Tensor],
+                    task_weight: float) -> dict[str, dict[str, float]]:
     """Value and student-gradient norm of each weighted term, and both relative to the unweighted ``reference``.
 
+    The first row, ``task``, is the cross entropy times ``task_weight``; its figures follow from the reference's
+    without another backward pass.
+
     Args:
-        terms: name -> weighted loss term, attached to the graph (the graph is kept for the real backward).
+        terms: name -> weighted distillation term, attached to the graph (kept for the real backward).
         reference: the student's own cross entropy, unweighted.
         params: the student's trainable parameters.
+        task_weight: the weight of the cross entropy in the training loss.
     """
     def grad_norm(value: torch.Tensor) -> float:
         if not value.requires_grad:
@@ -35,7 +39,9 @@ def measure_balance(terms: dict[str, torch.Tensor], reference: torch.Tensor,
 
     ref_value = float(reference.detach())
     ref_grad = grad_norm(reference)
-    balance = {}
+    balance = {"task": {"value": task_weight * ref_value, "grad": abs(task_weight) * ref_grad,
+                        "value_ratio": task_weight if ref_value else math.nan,
+                        "grad_ratio": abs(task_weight) if ref_grad else math.nan}}
     for name, value in terms.items():
         term_value, term_grad = float(value.detach()), grad_norm(value)
         balance[name] = {"value": term_value, "grad": term_grad,
