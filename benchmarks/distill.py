@@ -10,19 +10,27 @@ Warm-start protocols (a ``base.yaml`` beside the method configs) first train the
 ``--equal-time`` adds the ``plain_long`` arm (the plain student with more iterations) for the equal-time gain.
 
 Resumable: a finished run (``metrics.json`` present) is skipped, an interrupted one resumes from its ``last.pt``.
-Spread a long sweep over several sittings by running the same command again. Two halves of the seeds can run side
-by side, one per core, with ``--skip-timing``; then the full command on the idle machine times the methods:
+Every finished run's final scores also go to a committed ledger (``<results>_runs.json``), keyed by method and seed
+and stamped with a hash of the run's resolved config and the warm-start base's score: a later sitting, on a fresh
+machine without ``runs/``, reuses an entry whose stamp still matches instead of training the run again (a run is
+deterministic given its config and seed). Spread a long sweep over several sittings by running the same command
+again. Parts of the sweep can run side by side, one per core, with ``--train-only``; then the full command with
+``--report-only --retime`` on the idle machine times the methods and writes the tables:
 
     python benchmarks/distill.py --protocol camvid_cpu_r18_warm --teacher edgeseg/assets/teacher_bisenetv2_camvid.pt \
-        --methods plain dsd ka csc_ace --seeds 0 2 4 --equal-time --skip-timing --set train.threads=1
-    python benchmarks/distill.py --protocol camvid_cpu_r18_warm --teacher edgeseg/assets/teacher_bisenetv2_camvid.pt \
-        --methods plain dsd ka csc_ace --seeds 0 1 2 3 4 5 --equal-time --set train.threads=1 \
+        --methods plain dsd ka csc_ace --seeds 0 2 4 --equal-time --train-only --set train.threads=1 \
         --results benchmarks/results/distill_camvid
+    python benchmarks/distill.py --protocol camvid_cpu_r18_warm --teacher edgeseg/assets/teacher_bisenetv2_camvid.pt \
+        --methods plain dsd ka csc_ace --seeds 0 1 2 3 4 5 --equal-time --report-only --retime \
+        --set train.threads=1 --results benchmarks/results/distill_camvid
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import hashlib
 import json
 import resource
 import statistics
@@ -65,13 +73,92 @@ def overrides(teacher: str, seed: int, method: str) -> list[str]:
     return sets
 
 
-def run_training(protocol: str, method: str, seed: int, teacher: str, runs: Path) -> dict:
-    """Train one (method, seed) pair unless it finished already; resume it if it was interrupted."""
+class Ledger:
+    """The committed record of finished runs: ``{"<method>_s<seed>": entry}`` in one JSON file.
+
+    An entry holds the run's final validation scores and a stamp (``config_sha``: the resolved config with the
+    run's overrides; ``base_miou``: the warm-start base's final score, where the protocol has one). An entry is
+    used only while its stamp matches what the run would be trained with now; updates hold a file lock, so sweeps
+    running side by side share one ledger.
+    """
+
+    def __init__(self, path: Path, protocol: str) -> None:
+        self.path, self.protocol = path, protocol
+
+    def _read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    @contextlib.contextmanager
+    def _locked(self):
+        lock = self.path.with_name(self.path.name + ".lock")
+        with open(lock, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def stamp(self, method: str, seed: int, teacher: str) -> dict:
+        from edgeseg.training.config import resolve_config
+
+        config = resolve_config(config_path(self.protocol, method), overrides(teacher, seed, method))
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return {"config_sha": digest, "base_miou": base_miou(self.protocol)}
+
+    def lookup(self, method: str, seed: int, teacher: str) -> dict | None:
+        """The entry's final scores if its stamp matches the run as configured now, else None."""
+        entry = self._read().get(f"{method}_s{seed}")
+        if entry is None:
+            return None
+        stamp = self.stamp(method, seed, teacher)
+        base_known = stamp["base_miou"] is not None  # a fresh machine without the base trusts the stamped score
+        if entry["config_sha"] != stamp["config_sha"] or (base_known and entry["base_miou"] != stamp["base_miou"]):
+            return None
+        return entry["final"]
+
+    def record(self, method: str, seed: int, teacher: str, final: dict, source: str) -> None:
+        from edgeseg.runtime.io import write_json_atomic
+
+        entry = {**self.stamp(method, seed, teacher), "final": final, "source": source,
+                 "recorded": time.strftime("%Y-%m-%d")}
+        with self._locked():
+            entries = self._read()
+            if {k: v for k, v in entries.get(f"{method}_s{seed}", {}).items() if k != "recorded"} == \
+                    {k: v for k, v in entry.items() if k != "recorded"}:
+                return
+            entries[f"{method}_s{seed}"] = entry
+            write_json_atomic(self.path, dict(sorted(entries.items())))
+
+
+def ledger_path(results: Path) -> Path:
+    return results.with_name(results.name + "_runs.json")
+
+
+def base_miou(protocol: str) -> float | None:
+    """The warm-start base's final val mIoU where it is trained here (None: no base, or not trained here)."""
+    base_config = REPO / "configs" / "distill" / protocol / "base.yaml"
+    if not base_config.is_file():
+        return None
+    from edgeseg.training.config import resolve_config
+
+    metrics = REPO / Path(resolve_config(config_path(protocol, "plain"))["model"]["weights"]).parent / "metrics.json"
+    return json.loads(metrics.read_text())["final"]["miou"] if metrics.is_file() else None
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+
+
+def run_training(protocol: str, method: str, seed: int, teacher: str, runs: Path, ledger: Ledger) -> dict:
+    """Train one (method, seed) pair unless it finished already (here or in the ledger); resume an interrupted one."""
     out = runs / f"{method}_s{seed}"
     done = out / "metrics.json"
     if done.is_file():
         print(f"[skip] {method} seed {seed}: finished ({out})", flush=True)
-        return json.loads(done.read_text())
+        final = json.loads(done.read_text())["final"]
+        ledger.record(method, seed, teacher, final, source=_shown(out))
+        return final
+    recorded = ledger.lookup(method, seed, teacher)
+    if recorded is not None:
+        print(f"[skip] {method} seed {seed}: in the ledger {ledger.path.name}", flush=True)
+        return recorded
     command = [sys.executable, "-m", "edgeseg.cli", "train"]
     if (out / "last.pt").is_file():
         command += ["--resume", str(out)]
@@ -82,7 +169,9 @@ def run_training(protocol: str, method: str, seed: int, teacher: str, runs: Path
     for item in overrides(teacher, seed, method):
         command += ["--set", item]
     subprocess.run(command, check=True, cwd=REPO)
-    return json.loads(done.read_text())
+    final = json.loads(done.read_text())["final"]
+    ledger.record(method, seed, teacher, final, source=_shown(out))
+    return final
 
 
 def ensure_base(protocol: str) -> None:
@@ -202,13 +291,15 @@ def machine() -> str:
     return f"{format_machine(info).splitlines()[0]}; {gpus}"
 
 
-def _final_scores(runs: Path, method: str, seeds: list[int]) -> dict[int, dict]:
-    """seed -> final validation metrics, for the finished runs of ``method``."""
+def _final_scores(runs: Path, method: str, seeds: list[int], ledger: Ledger, teacher: str) -> dict[int, dict]:
+    """seed -> final validation metrics, for the finished runs of ``method`` (run folder first, then the ledger)."""
     finals = {}
     for seed in seeds:
         metrics = runs / f"{method}_s{seed}" / "metrics.json"
-        if metrics.is_file():
-            finals[seed] = json.loads(metrics.read_text())["final"]
+        final = (json.loads(metrics.read_text())["final"] if metrics.is_file()
+                 else ledger.lookup(method, seed, teacher))
+        if final is not None:
+            finals[seed] = final
     return finals
 
 
@@ -227,12 +318,13 @@ def _equal_time_plain(plain: list[float], longer: list[float], factor: float | N
 def summarize(args, runs: Path, timings: dict | None, teacher: dict, plain_config: dict) -> dict:
     student = plain_config["model"]
     size = plain_config["data"]["base_size"] or plain_config["data"]["crop_size"]
-    finals = {method: _final_scores(runs, method, args.seeds) for method in args.methods}
+    ledger = Ledger(ledger_path(args.results), args.protocol)
+    finals = {method: _final_scores(runs, method, args.seeds, ledger, args.teacher) for method in args.methods}
     by_seed = {method: {seed: f["miou"] for seed, f in values.items()} for method, values in finals.items()}
     per_seed = {method: list(values.values()) for method, values in by_seed.items()}
     plain = per_seed["plain"]
     spread = pooled_std([values for values in per_seed.values() if values])
-    longer = [f["miou"] for f in _final_scores(runs, EQUAL_TIME_ARM, args.seeds).values()]
+    longer = [f["miou"] for f in _final_scores(runs, EQUAL_TIME_ARM, args.seeds, ledger, args.teacher).values()]
     factor = None
     if longer and config_exists(args.protocol, EQUAL_TIME_ARM):
         from edgeseg.training.config import resolve_config
@@ -380,7 +472,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocol", default="camvid_cpu", help="folder under configs/distill (default camvid_cpu)")
     parser.add_argument("--teacher", required=True, help="teacher checkpoint (overrides the configs' distill.teacher)")
-    parser.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
+    parser.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=[*ALL_METHODS, EQUAL_TIME_ARM],
+                        help=f"rows of the table ({EQUAL_TIME_ARM} stands for --equal-time)")
     parser.add_argument("--equal-time", action="store_true",
                         help=f"also train the {EQUAL_TIME_ARM} arm (warm-start protocols) for the equal-time gain")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
@@ -391,6 +484,8 @@ def main() -> None:
     parser.add_argument("--timing-steps", type=int, default=6, help="timed steps per method (after 2 warm-up)")
     parser.add_argument("--skip-timing", action="store_true", help="reuse the timing stored in the results JSON")
     parser.add_argument("--report-only", action="store_true", help="write the tables from finished runs only")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train and record the runs in the ledger, write no tables (for parts run side by side)")
     parser.add_argument("--retime", action="store_true",
                         help="with --report-only: run the timing pass instead of reusing the stored timing")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -402,16 +497,22 @@ def main() -> None:
     if args.time_method:
         print(json.dumps(time_method(args.protocol, args.time_method, args.teacher, args.timing_steps, 2)))
         return
-    if "plain" not in args.methods:
+    if EQUAL_TIME_ARM in args.methods:
+        args.methods.remove(EQUAL_TIME_ARM)
+        args.equal_time = True
+    if "plain" not in args.methods and not args.train_only:  # the tables compare against it; a part may skip it
         args.methods = ["plain", *args.methods]
     runs = args.runs or REPO / "runs" / f"distill_{args.protocol}"
     args.results = args.results or REPO / "benchmarks" / "results" / f"distill_{args.protocol}"
     if not args.report_only:
         ensure_base(args.protocol)
+        ledger = Ledger(ledger_path(args.results), args.protocol)
         arms = [*args.methods, *([EQUAL_TIME_ARM] if args.equal_time else [])]
         for seed in args.seeds:  # all methods for one seed first, so a cut-short sweep still compares them all
             for method in arms:
-                run_training(args.protocol, method, seed, args.teacher, runs)
+                run_training(args.protocol, method, seed, args.teacher, runs, ledger)
+        if args.train_only:
+            return
     from edgeseg.training.config import resolve_config
 
     plain_config = resolve_config(config_path(args.protocol, "plain"))

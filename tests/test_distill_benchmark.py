@@ -68,7 +68,9 @@ def test_summary_reports_gain_interval_mde_and_equal_time(tmp_path, monkeypatch)
     from edgeseg.training.config import resolve_config
 
     plain_config = resolve_config(distill.config_path("camvid_cpu_r18_warm", "plain"))
-    args = argparse.Namespace(methods=["plain", "dsd"], seeds=[0, 1, 2, 3], protocol="camvid_cpu_r18_warm")
+    monkeypatch.setattr(distill, "base_miou", lambda protocol: 0.4)
+    args = argparse.Namespace(methods=["plain", "dsd"], seeds=[0, 1, 2, 3], protocol="camvid_cpu_r18_warm",
+                              results=tmp_path / "distill", teacher="t.pt")
     timings = {"plain": {"step_time_ratio": 1.0}, "dsd": {"step_time_ratio": 1.25}}
     teacher = {"model": "bisenetv2", "kwargs": {}, "checkpoint": "t.pt", "miou": 0.5, "num_classes": 11}
     summary = distill.summarize(args, runs, timings, teacher, plain_config)
@@ -87,6 +89,37 @@ def test_summary_reports_gain_interval_mde_and_equal_time(tmp_path, monkeypatch)
     assert row["paired_n"] == 3 and row["gain_paired"] == pytest.approx(0.46 - 0.41)  # seeds 0-2 of both arms
     assert "Paired by seed" in markdown and "(seeds [0, 1, 2])" in markdown
     assert math.isfinite(summary["runs_per_arm_for_1_point"])
+
+
+def test_ledger_serves_finished_runs_to_a_machine_without_them_while_their_stamp_holds(tmp_path, monkeypatch):
+    distill = _load_distill()
+    base = {"miou": 0.4}
+    monkeypatch.setattr(distill, "base_miou", lambda protocol: base["miou"])
+    ledger = distill.Ledger(tmp_path / "distill_runs.json", "camvid_cpu_r18_warm")
+    final = {"miou": 0.41, "per_class_iou": {"Sky": 0.9}}
+    ledger.record("plain", 3, "t.pt", final, source="runs/x/plain_s3")
+    empty_runs = tmp_path / "runs"
+    scores = distill._final_scores(empty_runs, "plain", [2, 3], ledger, "t.pt")
+    assert scores == {3: final}  # seed 2 was never run
+    assert distill._final_scores(empty_runs, "plain", [3], ledger, "other.pt") == {3: final}  # plain has no teacher
+    assert distill._final_scores(empty_runs, "kd", [3], ledger, "t.pt") == {}
+    base["miou"] = 0.39  # the base was retrained and came out different: the entry no longer describes a rerun
+    assert ledger.lookup("plain", 3, "t.pt") is None
+    base["miou"] = None  # a machine without the base trusts the stamped score
+    assert ledger.lookup("plain", 3, "t.pt") == final
+    entries = json.loads((tmp_path / "distill_runs.json").read_text())
+    assert entries["plain_s3"]["source"] == "runs/x/plain_s3" and len(entries["plain_s3"]["config_sha"]) == 16
+
+
+def test_a_run_folder_outranks_the_ledger_and_a_changed_config_misses_it(tmp_path, monkeypatch):
+    distill = _load_distill()
+    monkeypatch.setattr(distill, "base_miou", lambda protocol: None)
+    ledger = distill.Ledger(tmp_path / "distill_runs.json", "camvid_cpu_r18_warm")
+    ledger.record("dsd", 0, "t.pt", {"miou": 0.30}, source="old")
+    runs = tmp_path / "runs"
+    _write_run(runs, "dsd", 0, 0.42)
+    assert distill._final_scores(runs, "dsd", [0], ledger, "t.pt")[0]["miou"] == 0.42
+    assert ledger.lookup("dsd", 0, "other.pt") is None  # the teacher is part of the resolved config
 
 
 def test_paired_differences_cancel_what_the_seed_shares():

@@ -190,6 +190,19 @@ class TestAdaptiveCrossEntropy:
         expected = F.cross_entropy(student, labels, ignore_index=255)
         assert loss([student], [teacher], labels).item() == pytest.approx(expected.item(), rel=1e-5)
 
+    def test_class_weights_match_the_weighted_cross_entropy_where_the_teacher_is_wrong(self):
+        weights = [0.2, 1.0, 5.0, 2.0]
+        loss, student, teacher = self._setup(class_weights=weights)
+        labels = (teacher.argmax(1) + 1) % 4
+        labels[1, 3:] = 255
+        expected = F.cross_entropy(student, labels, weight=torch.tensor(weights), ignore_index=255)
+        assert loss([student], [teacher], labels).item() == pytest.approx(expected.item(), rel=1e-5)
+
+    def test_class_weights_need_one_non_negative_value_per_class(self):
+        for weights in ([1.0, 1.0], [1.0, -1.0, 1.0, 1.0]):
+            with pytest.raises(ValueError, match="class_weights"):
+                build_loss("ace", student_channels=[4], teacher_channels=[4], class_weights=weights)
+
     def test_mix_is_a_convex_combination_of_both_targets(self):
         loss, student, teacher = self._setup(mode="mix", teacher_weight=0.3)
         labels = torch.randint(0, 4, (2, 6, 6))

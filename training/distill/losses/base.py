@@ -166,6 +166,8 @@ def _type_name(annotation: Any) -> str:
         return " | ".join(repr(v) for v in typing.get_args(annotation))
     if _is_union(annotation):
         return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) is list:
+        return f"list[{_type_name(typing.get_args(annotation)[0])}]"
     return getattr(annotation, "__name__", str(annotation))
 
 
@@ -200,6 +202,11 @@ def _accepts(option: Any, value: Any) -> tuple[bool, Any]:
         return numeric, float(value) if numeric else value
     if option is str:
         return isinstance(value, str), value
+    if typing.get_origin(option) is list:  # list[X]: a YAML list whose every item is an X
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        items = [_accepts(typing.get_args(option)[0], item) for item in value]
+        return all(ok for ok, _ in items), [item for _, item in items]
     return isinstance(value, option), value
 
 

@@ -114,7 +114,12 @@ class AdaptiveCrossEntropy(DistillLoss):
     ``L = -1 / |Omega_valid| * sum_i sum_c t_{i,c} log p^S_{i,c}``; pixels labelled ``ignore_index`` are excluded.
     The paper's exact formula was not retrievable (section 3 marks it unverified): both modes are our readings.
 
-    Reduction: mean over the non-ignored positions at the teacher's resolution (0 when every pixel is ignored).
+    Where ACE replaces a class-weighted task cross entropy, ``class_weights`` carries the same weights over: pixel
+    ``i`` counts ``w_{y_i}`` times, and the mean becomes ``sum_i w_{y_i} l_i / sum_i w_{y_i}``, torch's weighted
+    cross entropy. Without them the replacement changes two things at once (the target and the class balance).
+
+    Reduction: (weighted) mean over the non-ignored positions at the teacher's resolution (0 when every pixel is
+    ignored).
 
     Taps: one pair of logits (same class count); needs the labels, which are downsampled (nearest) to the teacher's
     size while the student logits are resized (bilinear) to it.
@@ -122,6 +127,7 @@ class AdaptiveCrossEntropy(DistillLoss):
     Args:
         mode: "switch" or "mix", see above.
         teacher_weight: ``w`` of the "mix" mode; unused by "switch".
+        class_weights: one weight per class, as ``train.class_weights``; None weighs every pixel alike.
         ignore_index: label value excluded from the loss.
     """
 
@@ -130,7 +136,7 @@ class AdaptiveCrossEntropy(DistillLoss):
 
     def __init__(self, student_channels: list[int], teacher_channels: list[int], *,
                  mode: Literal["switch", "mix"] = "switch", teacher_weight: float = 0.5,
-                 ignore_index: int = 255) -> None:
+                 class_weights: list[float] | None = None, ignore_index: int = 255) -> None:
         super().__init__(student_channels, teacher_channels)
         _require_same_classes(self)
         if mode not in ("switch", "mix"):
@@ -140,6 +146,14 @@ class AdaptiveCrossEntropy(DistillLoss):
         self.mode = mode
         self.teacher_weight = teacher_weight
         self.ignore_index = ignore_index
+        if class_weights is not None:
+            if len(class_weights) != teacher_channels[0] or any(w < 0 for w in class_weights):
+                raise ValueError(f"ace class_weights needs {teacher_channels[0]} non-negative values, "
+                                 f"got {class_weights!r}")
+            self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32),
+                                 persistent=False)
+        else:
+            self.class_weights = None
 
     def distill(self, student, teacher, labels):
         teacher_logits = teacher[0]
@@ -161,5 +175,7 @@ class AdaptiveCrossEntropy(DistillLoss):
             per_pixel = torch.where(teacher_right, ce_teacher, ce_label)
         else:
             per_pixel = self.teacher_weight * ce_teacher + (1.0 - self.teacher_weight) * ce_label
-        count = valid.sum()
-        return (per_pixel * valid).sum() / count.clamp(min=1)
+        weight = valid.to(per_pixel.dtype)
+        if self.class_weights is not None:
+            weight = weight * self.class_weights[safe_labels]
+        return (per_pixel * weight).sum() / weight.sum().clamp(min=1e-12)
