@@ -683,20 +683,41 @@ def test_pixels_in_flight_are_bounded_with_503_and_retry_after():
         stop()
 
 
-def test_oversized_request_headers_are_refused_and_the_server_lives_on():
+def _metric(text: str, name: str, **labels) -> float:
+    """One sample of a Prometheus text exposition (0 when the label set has no sample yet)."""
+    wanted = name + "{" + ",".join(f'{key}="{value}"' for key, value in labels.items()) + "}"
+    return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(wanted + " ")), 0.0)
+
+
+def _raw_request(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(payload)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := client.recv(65536):
+                answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("what", ["oversized header", "URL over 100 KB", "bad Content-Length", "garbage request line"])
+def test_requests_the_http_layer_refuses_are_answered_400_and_counted_in_metrics(what):
     from edgeseg.runtime.serve.commands import MAX_HEADER_BYTES
 
+    payload = {
+        "oversized header": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4 * MAX_HEADER_BYTES + b"\r\n\r\n",
+        "URL over 100 KB": b"GET /healthz?" + b"q" * 100_001 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        "bad Content-Length": b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Length: -7\r\n\r\n",
+        "garbage request line": b"\x16\x03\x01 not http at all\r\n\r\n",
+    }[what]
     url, stop = free_port_server(create_app(FakeSegmenter(batch=1), ServeConfig(max_batch=1)), production=True)
     port = int(url.rsplit(":", 1)[1])
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (4 * MAX_HEADER_BYTES) + b"\r\n\r\n")
-            answer = b""
-            with contextlib.suppress(OSError):
-                while chunk := client.recv(65536):
-                    answer += chunk
-        assert answer.split(b" ", 2)[1] in (b"400", b"431"), answer[:80]
+        answer = _raw_request(port, payload)
+        assert answer.split(b" ", 2)[1] == b"400", answer[:80]
         assert httpx.get(url + "/healthz", timeout=10).status_code == 200
+        metrics = httpx.get(url + "/metrics", timeout=10).text
+        assert _metric(metrics, "edgeseg_requests_total", endpoint="http", status="400") == 1
+        assert _metric(metrics, "edgeseg_errors_total", endpoint="http", kind="client") == 1
     finally:
         stop()
 

@@ -83,9 +83,44 @@ def server_config(app, *, log_level: str = "warning", access_log: bool = False):
     """The uvicorn settings of ``edgeseg serve`` (also used by the tests, so they run what users run)."""
     import uvicorn
 
-    return uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on", http="h11",
+    return uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on",
+                          http=_counting_protocol(app.state.server.metrics),
                           h11_max_incomplete_event_size=MAX_HEADER_BYTES,
                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+
+
+HTTP_LAYER_ENDPOINT = "http"
+"""The ``endpoint`` label of requests the HTTP layer refuses before any route sees them."""
+
+
+def _counting_protocol(metrics):
+    """uvicorn's h11 protocol, counting into ``metrics`` the requests it answers 400 by itself.
+
+    A malformed request line, a bad Content-Length or a header block over ``MAX_HEADER_BYTES`` never reaches the
+    application, so without this they would be missing from ``/metrics`` (the 400 is uvicorn's single such answer).
+    h11 bounds only a header block that is still incomplete when a read ends; one that arrives whole in a single
+    read (a 100 KB URL does) is measured here before h11 parses it.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class CountingH11Protocol(H11Protocol):
+        def data_received(self, data: bytes) -> None:
+            if self.conn.their_state is h11.IDLE:  # between requests: the next bytes start a header block
+                pending = self.conn.trailing_data[0] + data
+                end = pending.find(b"\r\n\r\n", 0, MAX_HEADER_BYTES + 4)
+                if end < 0 and len(pending) > MAX_HEADER_BYTES:
+                    self.send_400_response("Request line and headers larger than "
+                                           f"{MAX_HEADER_BYTES // 1024} KiB.")
+                    return
+            super().data_received(data)
+
+        def send_400_response(self, msg: str) -> None:
+            metrics.requests.inc(endpoint=HTTP_LAYER_ENDPOINT, status="400")
+            metrics.errors.inc(endpoint=HTTP_LAYER_ENDPOINT, kind="client")
+            super().send_400_response(msg)
+
+    return CountingH11Protocol
 
 
 def _listen(host: str, port: int) -> socket.socket:
