@@ -99,6 +99,8 @@ class Ledger:
         from edgeseg.training.config import resolve_config
 
         config = resolve_config(config_path(self.protocol, method), overrides(teacher, seed, method))
+        # Where the dataset lives is no part of what the run computes: stamp its name only.
+        config["data"]["dataset"] = config["data"]["dataset"].partition(":")[0]
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return {"config_sha": digest, "base_miou": base_miou(self.protocol)}
 
