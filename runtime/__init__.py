@@ -8,19 +8,18 @@ a model is opened), so a Jetson image or a slim server container needs no torch:
     class_map = seg.segment(rgb_image)
 """
 
-from .classes import ClassSpec
-from .metadata import ModelMeta
-from .metrics import ConfusionMatrix
-from .segmenter import Segmenter
+import importlib
+
+# The public names load on first use, so that ``from edgeseg.runtime.errors import ...`` (training and export
+# import the runtime's leaf modules) costs no OpenCV or ONNX Runtime import.
+_EXPORTS = {"ClassSpec": ".classes", "ConfusionMatrix": ".metrics", "ModelMeta": ".metadata",
+            "Segmenter": ".segmenter", "open_dataset": ".datasets"}
 
 
 def __getattr__(name: str):
-    # The dataset readers are loaded on first use: most runtime users (video, serve) never read a dataset.
-    if name == "open_dataset":
-        from .datasets import open_dataset
-
-        return open_dataset
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ClassSpec", "ConfusionMatrix", "ModelMeta", "Segmenter", "open_dataset"]
+__all__ = sorted(_EXPORTS)

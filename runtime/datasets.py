@@ -18,6 +18,8 @@ uses.
 
 from __future__ import annotations
 
+import os
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -433,8 +435,26 @@ DATASET_NAMES = tuple(_LAYOUTS)
 """Names :func:`open_dataset` accepts before the optional ``:ROOT``."""
 
 
+DATA_ROOT_ENV = "EDGESEG_DATA"
+"""The folder holding a user's datasets, one sub-folder each: the committed configs write
+``camvid:${EDGESEG_DATA}/camvid``, so that one setting points every config at the data, wherever it lives."""
+
+
+def _expand_root(root: str, spec: str) -> str:
+    """``$VAR`` and ``${VAR}`` in a root read from the environment; an unset one is an error, never a literal."""
+    missing = [name for name in re.findall(r"\$\{?(\w+)\}?", root) if name not in os.environ]
+    if missing:
+        hint = f" (the folder that holds your datasets, e.g. export {DATA_ROOT_ENV}=/data)" \
+            if DATA_ROOT_ENV in missing else ""
+        raise DataError(f"dataset spec {spec!r} uses ${missing[0]}, which is not set{hint}")
+    return os.path.expandvars(root)
+
+
 def parse_dataset_spec(spec: str) -> tuple[str, Path | None]:
-    """Split ``NAME[:ROOT]`` into the dataset name and its root folder (None when the spec gives no root)."""
+    """Split ``NAME[:ROOT]`` into the dataset name and its root folder (None when the spec gives no root).
+
+    ROOT may use environment variables, as ``camvid:${EDGESEG_DATA}/camvid``.
+    """
     name, separator, root = spec.partition(":")
     name = name.strip().lower()
     if name not in _LAYOUTS:
@@ -443,7 +463,7 @@ def parse_dataset_spec(spec: str) -> tuple[str, Path | None]:
     root = root.strip()
     if separator and not root:
         raise DataError(f"dataset spec {spec!r} has an empty root after ':'")
-    return name, Path(root).expanduser() if root else None
+    return name, Path(_expand_root(root, spec)).expanduser() if root else None
 
 
 def open_dataset(spec: str, split: str = "train", validate: bool = True) -> SegmentationDataset:

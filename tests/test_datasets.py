@@ -74,6 +74,15 @@ def assert_data_error(match_path: Path, call, *words: str) -> DataError:
 
 # ------------------------------------------------------------------------------------------------------ specs
 
+def test_dataset_roots_read_environment_variables_and_an_unset_one_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGESEG_DATA", str(tmp_path))
+    assert parse_dataset_spec("camvid:${EDGESEG_DATA}/camvid") == ("camvid", tmp_path / "camvid")
+    assert parse_dataset_spec("camvid:$EDGESEG_DATA/cv") == ("camvid", tmp_path / "cv")
+    monkeypatch.delenv("EDGESEG_DATA")
+    with pytest.raises(DataError, match=r"\$EDGESEG_DATA, which is not set .*export EDGESEG_DATA="):
+        parse_dataset_spec("camvid:${EDGESEG_DATA}/camvid")
+
+
 def test_parse_dataset_spec_splits_name_and_root():
     assert parse_dataset_spec("camvid") == ("camvid", None)
     assert parse_dataset_spec("cityscapes:/data/city") == ("cityscapes", Path("/data/city"))
