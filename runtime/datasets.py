@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,123 +30,11 @@ import numpy as np
 from .classes import (ADE20K, CAMVID, CITYSCAPES, CITYSCAPES_ID_TO_TRAIN_ID, IGNORE_INDEX, VOC, ClassSpec,
                       distinct_palette)
 from .errors import DataError
+from .image_files import read_raw_label, read_rgb_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Lossless formats only: a JPEG mask would blend neighbouring class ids at every edge. Listed by preference.
 LABEL_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_IEND_CHUNK = b"IEND\xaeB`\x82"  # chunk type plus its fixed CRC: the last 8 bytes of every complete PNG
-_PNG_PALETTE_COLOUR_TYPE = 3
-_JPEG_SOI = b"\xff\xd8"
-_JPEG_SOS = b"\xff\xda"
-_JPEG_EOI = b"\xff\xd9"
-_GREY_IDENTITY_PALETTE = np.repeat(np.arange(256, dtype=np.uint8), 3).tobytes()
-
-# The decoder must not rotate JPEGs by their EXIF orientation: labels are drawn on the stored pixel grid.
-_IMAGE_READ_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-
-
-def _read_file_bytes(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{what} file does not exist: {path}") from None
-    except OSError as err:
-        raise DataError(f"cannot read {what} file {path}: {err.strerror or err}") from None
-
-
-def _check_complete(data: bytes, path: Path, what: str) -> None:
-    """Refuse PNG and JPEG files that end early.
-
-    OpenCV may return the decoded top part of a truncated file with only a warning on stderr, which would train on
-    half-grey images. A complete PNG ends with the IEND chunk; a complete JPEG has an end-of-image marker after its
-    last start-of-scan (searching after the scan skips the end marker of an EXIF thumbnail).
-    """
-    if data.startswith(_PNG_SIGNATURE):
-        complete = data.rfind(_PNG_IEND_CHUNK) != -1
-    elif data.startswith(_JPEG_SOI):
-        last_scan = data.rfind(_JPEG_SOS)
-        complete = last_scan != -1 and data.find(_JPEG_EOI, last_scan) != -1
-    else:
-        return
-    if not complete:
-        raise DataError(f"{what} file is truncated (no end marker): {path}")
-
-
-def _png_chunks(data: bytes, path: Path) -> list[tuple[bytes, bytes]]:
-    chunks = []
-    position = len(_PNG_SIGNATURE)
-    while position + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[position:position + 4])
-        chunk_type = data[position + 4:position + 8]
-        end = position + 12 + length
-        if end > len(data):
-            raise DataError(f"label file is truncated inside its {chunk_type!r} chunk: {path}")
-        chunks.append((chunk_type, data[position + 8:position + 8 + length]))
-        if chunk_type == b"IEND":
-            break
-        position = end
-    return chunks
-
-
-def _png_chunk(chunk_type: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + chunk_type + payload + struct.pack(">I", zlib.crc32(chunk_type + payload))
-
-
-def _palette_indices_as_grey(data: bytes, path: Path) -> bytes:
-    """Rewrite an indexed PNG so that decoding it yields the palette *indices* rather than the colours.
-
-    OpenCV always expands palettes to colour. Giving entry ``i`` the colour ``(i, i, i)`` (and dropping any
-    transparency) makes every decoded channel equal the index, with no PIL dependency and no per-pixel Python.
-    """
-    bit_depth = data[24]
-    palette = _GREY_IDENTITY_PALETTE[: 3 * min(256, 2 ** bit_depth)]
-    chunks = [(kind, palette if kind == b"PLTE" else payload)
-              for kind, payload in _png_chunks(data, path) if kind != b"tRNS"]
-    return _PNG_SIGNATURE + b"".join(_png_chunk(kind, payload) for kind, payload in chunks)
-
-
-def _decode(data: bytes, flags: int, path: Path, what: str) -> np.ndarray:
-    try:
-        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags) if data else None
-    except cv2.error:  # OpenCV raises instead of returning None for some malformed headers
-        decoded = None
-    if decoded is None:
-        raise DataError(f"{what} file cannot be decoded (empty, corrupt or not an image): {path}")
-    return decoded
-
-
-def read_rgb_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to HxWx3 RGB uint8, refusing unreadable or truncated files with a DataError."""
-    path = Path(path)
-    data = _read_file_bytes(path, "image")
-    _check_complete(data, path, "image")
-    return cv2.cvtColor(_decode(data, _IMAGE_READ_FLAGS, path, "image"), cv2.COLOR_BGR2RGB)
-
-
-def read_raw_label(path: str | Path) -> np.ndarray:
-    """Decode a label file to its stored HxW uint8 values: grey levels, or palette indices for indexed PNGs.
-
-    A 3- or 4-channel label is accepted only when its colour channels agree (a grey mask saved as RGB); a real
-    colour-coded mask cannot be read as class ids and is refused.
-    """
-    path = Path(path)
-    data = _read_file_bytes(path, "label")
-    _check_complete(data, path, "label")
-    indexed = data.startswith(_PNG_SIGNATURE) and len(data) > 25 and data[25] == _PNG_PALETTE_COLOUR_TYPE
-    if indexed:
-        data = _palette_indices_as_grey(data, path)
-    label = _decode(data, cv2.IMREAD_COLOR if indexed else cv2.IMREAD_UNCHANGED, path, "label")
-    if label.dtype != np.uint8:
-        raise DataError(f"label file must hold 8-bit class ids, found {label.dtype} values: {path}")
-    if label.ndim == 3:
-        first = label[:, :, 0]
-        if not indexed and not (np.array_equal(first, label[:, :, 1]) and np.array_equal(first, label[:, :, 2])):
-            raise DataError(f"label file is a colour image; it must hold one class id per pixel: {path}")
-        label = np.ascontiguousarray(first)
-    return label
-
 
 def build_label_lut(raw_to_train: dict[int, int], num_classes: int) -> tuple[np.ndarray, int | None]:
     """Lookup table raw value -> train id, plus the sentinel it gives raw values the dataset does not define.

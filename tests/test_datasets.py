@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from edgeseg.runtime.classes import CAMVID, CITYSCAPES_ID_TO_TRAIN_ID, IGNORE_INDEX, VOC, distinct_palette
-from edgeseg.runtime.datasets import DATASET_NAMES, open_dataset, parse_dataset_spec, read_raw_label
+from edgeseg.runtime.datasets import DATASET_NAMES, open_dataset, parse_dataset_spec
+from edgeseg.runtime.image_files import read_raw_label
 from edgeseg.runtime.errors import DataError
 
 SIZE = (12, 16)  # height, width of every fake image

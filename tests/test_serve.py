@@ -24,7 +24,7 @@ import uvicorn
 
 from edgeseg.runtime import ModelMeta, Segmenter
 from edgeseg.runtime.serve import ServeConfig, create_app
-from edgeseg.runtime.serve.app import ApiError, decode_image, parse_segment_query
+from edgeseg.runtime.serve.codec import ApiError, decode_image, parse_segment_query
 from edgeseg.runtime.serve.batching import BatchingQueue, QueueFull
 from edgeseg.runtime.serve.metrics import Counter, Histogram, ServeMetrics
 from edgeseg.runtime.serve.stream import StreamHub
@@ -654,7 +654,7 @@ def test_png_whose_data_inflates_past_its_header_is_refused_without_decoding(mon
     def must_not_decode(*args, **kwargs):
         raise AssertionError("cv2.imdecode ran on a decompression bomb")
 
-    monkeypatch.setattr("edgeseg.runtime.serve.app.cv2.imdecode", must_not_decode)
+    monkeypatch.setattr("edgeseg.runtime.serve.codec.cv2.imdecode", must_not_decode)
     with pytest.raises(ApiError) as info:
         decode_image(bomb, 10 ** 6)
     assert info.value.status == 400 and "inflates beyond the 10x10" in info.value.message
@@ -727,7 +727,7 @@ def test_png_chunk_declaring_more_bytes_than_the_file_is_refused(monkeypatch):
     png = bytearray(encode(halves_image(), ".png"))
     assert png[37:41] == b"IDAT"
     png[33:37] = (4_128_763_904).to_bytes(4, "big")
-    monkeypatch.setattr("edgeseg.runtime.serve.app.cv2.imdecode",
+    monkeypatch.setattr("edgeseg.runtime.serve.codec.cv2.imdecode",
                         lambda *args: (_ for _ in ()).throw(AssertionError("decoded")))
     with pytest.raises(ApiError) as info:
         decode_image(bytes(png), 10 ** 6)

@@ -1,4 +1,4 @@
-"""The ASGI application of ``edgeseg serve``: routes, input checks, JSON errors and metrics.
+"""The ASGI application of ``edgeseg serve``: routes, JSON errors and metrics (the input checks are in codec.py).
 
 Handlers only parse, check and wait: image decoding and response encoding run in the thread pool, inference in the
 :class:`~.batching.BatchingQueue` workers, so the event loop stays free to accept requests (which is what lets
@@ -12,25 +12,23 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
-import struct
 import time
-import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
-import cv2
 import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..image_files import declared_size
+from .codec import (ApiError, SegmentOptions, class_shares, decode_image, encode_image, image_bytes,
+                    parse_segment_query)
 from .batching import BatchingQueue, InferenceResult, QueueFull
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ServeMetrics
@@ -39,31 +37,8 @@ from .stream import StreamHub
 
 logger = logging.getLogger("edgeseg.serve")
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-JPEG_SIGNATURE = b"\xff\xd8\xff"
-# JPEG start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
-_JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
 ROUTES = ("/", "/healthz", "/metrics", "/v1/model", "/v1/stats", "/v1/segment", "/v1/stream")
 """Paths the metrics are labelled with; anything else is counted as ``other`` to keep label sets bounded."""
-
-SEGMENT_QUERY = {
-    "format": ("png", "json"),
-    "overlay": ("0", "1", "false", "true"),
-    "encoding": ("png", "jpeg"),
-    "alpha": None,  # a number in [0, 1]
-}
-
-
-class ApiError(Exception):
-    """A request the server refuses: answered with ``status`` and ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
 
 @dataclass
 class ServeConfig:
@@ -96,255 +71,6 @@ class ServeConfig:
     source: str | None = None
     stream_alpha: float = 0.5
     jpeg_quality: int = 85
-
-
-# ---------------------------------------------------------------------------------------------------- image bytes
-
-def image_format(data: bytes) -> str | None:
-    """``"jpeg"`` or ``"png"`` from the file signature; None for anything else."""
-    if data.startswith(PNG_SIGNATURE):
-        return "png"
-    if data.startswith(JPEG_SIGNATURE):
-        return "jpeg"
-    return None
-
-
-def _png_size(data: bytes) -> tuple[int, int] | None:
-    # The IHDR chunk must come first: length (4), type (4), then width and height (big-endian uint32).
-    if len(data) < 24 or data[12:16] != b"IHDR":
-        return None
-    width, height = struct.unpack(">II", data[16:24])
-    return height, width
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    position = 2
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return None
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            position += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length field
-            position += 2
-            continue
-        (length,) = struct.unpack(">H", data[position + 2:position + 4])
-        if marker in _JPEG_SOF_MARKERS:
-            if position + 9 > len(data):
-                return None
-            height, width = struct.unpack(">HH", data[position + 5:position + 9])
-            return height, width
-        if marker == 0xDA:  # start of scan before any frame header: malformed
-            return None
-        position += 2 + length
-    return None
-
-
-# PNG colour type -> samples per pixel (greyscale, RGB, palette, grey + alpha, RGBA).
-_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
-_INFLATE_STEP = 1 << 20
-
-
-def _png_inflates_within_header(data: bytes) -> bool:
-    """Whether every PNG chunk fits in the file and the pixel data inflates to no more than the header allows.
-
-    The header check bounds what a well-formed file decodes to, but zlib data can go on far beyond the rows the
-    header declares (a 2.6 MB file with a 10x10 header inflated to 2.7 GB and took 5.8 s to decode). The data is
-    inflated here in 1 MiB steps and discarded, stopping as soon as it passes the declared size.
-    """
-    height, width = struct.unpack(">II", data[16:24])
-    bit_depth, colour, interlace = data[24], data[25], data[28]
-    samples = _PNG_SAMPLES.get(colour)
-    if samples is None or bit_depth not in (1, 2, 4, 8, 16):
-        return False
-    row_bytes = 1 + (width * samples * bit_depth + 7) // 8  # a filter byte, then the packed samples
-    allowed = height * row_bytes
-    if interlace:  # Adam7: seven passes, each row with its own filter byte and padding
-        allowed += 7 * height + 8 * (height + 7)
-    inflater = zlib.decompressobj()
-    produced, position = 0, 8
-    try:
-        while position + 8 <= len(data):
-            length, kind = struct.unpack(">I4s", data[position:position + 8])
-            if position + 12 + length > len(data):  # libpng would allocate the declared length (up to 4 GiB)
-                return False
-            if kind == b"IDAT":
-                pending = data[position + 8:position + 8 + length]
-                while pending:
-                    produced += len(inflater.decompress(pending, _INFLATE_STEP))
-                    if produced > allowed:
-                        return False
-                    pending = inflater.unconsumed_tail
-            elif kind == b"IEND":
-                break
-            position += 12 + length
-    except zlib.error:
-        return True  # corrupt data: the decoder reports it as corrupt, not as oversized
-    return True
-
-
-def _is_complete(data: bytes, kind: str) -> bool:
-    """Whether the file reaches its end marker; decoders fill a cut-off JPEG with grey instead of failing."""
-    if kind == "png":
-        return data.rfind(b"IEND") > len(PNG_SIGNATURE)
-    # Entropy-coded data escapes 0xFF bytes, so an end-of-image marker after the last start-of-scan marks the end
-    # of the main image (an EXIF thumbnail's markers all come before it).
-    return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") > 0
-
-
-def declared_size(data: bytes) -> tuple[int, int] | None:
-    """(height, width) from a JPEG or PNG header, None when there is none to read."""
-    kind = image_format(data)
-    if kind is None:
-        return None
-    return _png_size(data) if kind == "png" else _jpeg_size(data)
-
-
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Request body -> HxWx3 uint8 RGB image; any problem is an :class:`ApiError` with a 4xx status."""
-    if not data:
-        raise ApiError(400, "empty body: send a JPEG or PNG image as the body or as the multipart field 'image'")
-    kind = image_format(data)
-    if kind is None:
-        raise ApiError(415, "the body is not a JPEG or PNG image (unrecognised file signature)")
-    size = declared_size(data)
-    if size is None:
-        raise ApiError(400, f"corrupt or truncated {kind.upper()}: no readable image header")
-    height, width = size
-    if height < 1 or width < 1:
-        raise ApiError(400, f"{kind.upper()} header gives an empty image ({width}x{height})")
-    if height * width > max_pixels:
-        raise ApiError(413, f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
-    if not _is_complete(data, kind):
-        raise ApiError(400, f"truncated {kind.upper()}: the file ends before its end marker")
-    if kind == "png" and not _png_inflates_within_header(data):
-        raise ApiError(400, f"corrupt PNG: a chunk runs past the end of the file, or the pixel data inflates beyond "
-                            f"the {width}x{height} its header declares")
-    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if decoded is None:
-        raise ApiError(400, f"corrupt {kind.upper()}: it could not be decoded")
-    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
-
-
-# A class map repeats most of each row in the next one: the "up" filter turns that into zeros and run-length coding
-# packs them, about four times faster than libpng's per-row filter search and to a smaller file.
-CLASS_MAP_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
-                 cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
-PHOTO_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]
-
-
-def encode_image(image: np.ndarray, encoding: str, jpeg_quality: int = 85) -> bytes:
-    """Class map (HxW) or RGB image (HxWx3) -> PNG or JPEG bytes."""
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if encoding == "jpeg":
-        params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
-    else:
-        params = PHOTO_PNG if image.ndim == 3 else CLASS_MAP_PNG
-    ok, encoded = cv2.imencode(".jpg" if encoding == "jpeg" else ".png", image, params)
-    if not ok:
-        raise RuntimeError(f"{encoding} encoding failed")
-    return encoded.tobytes()
-
-
-def class_shares(class_map: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
-    """Fraction of the image's pixels assigned to each class (every class listed, in id order)."""
-    counts = np.bincount(class_map.ravel(), minlength=len(classes))
-    total = max(1, class_map.size)
-    return {name: float(counts[index]) / total for index, name in enumerate(classes)}
-
-
-# ------------------------------------------------------------------------------------------------------ requests
-
-@dataclass(frozen=True)
-class SegmentOptions:
-    format: str = "png"
-    overlay: bool = False
-    encoding: str = "png"
-    alpha: float = 0.5
-
-
-def parse_segment_query(params) -> SegmentOptions:
-    """Check the query of ``POST /v1/segment``: unknown keys, repeated keys and bad values are 400 errors."""
-    values: dict[str, str] = {}
-    for key in params:
-        if key not in SEGMENT_QUERY:
-            raise ApiError(400, f"unknown query parameter {key!r}; accepted: {', '.join(SEGMENT_QUERY)}")
-        given = params.getlist(key)
-        if len(given) > 1:
-            raise ApiError(400, f"query parameter {key!r} is given {len(given)} times")
-        value = given[0].strip().lower()
-        allowed = SEGMENT_QUERY[key]
-        if key == "encoding" and value == "jpg":
-            value = "jpeg"
-        if allowed is not None and value not in allowed:
-            raise ApiError(400, f"{key}={given[0]!r} is not accepted; use one of {', '.join(allowed)}")
-        values[key] = value
-    overlay = values.get("overlay", "0") in ("1", "true")
-    options = SegmentOptions(format=values.get("format", "png"), overlay=overlay,
-                             encoding=values.get("encoding", "png"))
-    if "alpha" in values:
-        try:
-            alpha = float(values["alpha"])
-        except ValueError:
-            raise ApiError(400, f"alpha={values['alpha']!r} is not a number") from None
-        if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
-            raise ApiError(400, f"alpha must lie in [0, 1], got {values['alpha']}")
-        options = dataclasses.replace(options, alpha=alpha)
-    if options.format == "json" and (overlay or "encoding" in values or "alpha" in values):
-        raise ApiError(400, "format=json returns class shares; it cannot be combined with overlay, encoding or alpha")
-    if not overlay and options.encoding == "jpeg":
-        raise ApiError(400, "a class map is only sent as lossless PNG; encoding=jpeg needs overlay=1")
-    if not overlay and "alpha" in values:
-        raise ApiError(400, "alpha sets the overlay's opacity and needs overlay=1")
-    return options
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 from its Content-Length alone or as soon as the bytes pass ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            declared_bytes = int(declared)
-        except ValueError:
-            raise ApiError(400, f"invalid Content-Length header {declared!r}") from None
-        if declared_bytes > limit:
-            raise ApiError(413, f"body of {declared_bytes} bytes exceeds the limit of {limit} bytes "
-                                f"(--max-image-mb {limit / 2 ** 20:g})")
-    chunks, received = [], 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise ApiError(413, f"body exceeds the limit of {limit} bytes (--max-image-mb {limit / 2 ** 20:g})")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ApiError(400, "the client disconnected before sending the whole body") from None
-    return b"".join(chunks)
-
-
-async def image_bytes(request: Request, limit: int) -> bytes:
-    """The image from a raw body, or from the multipart form field ``image``."""
-    body = await read_body(request, limit)
-    content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
-        return body
-
-    async def replay() -> dict:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    form_request = Request(request.scope, receive=replay)
-    try:
-        async with form_request.form(max_files=4, max_fields=16, max_part_size=limit) as form:
-            field = form.get("image")
-            if field is None:
-                raise ApiError(400, f"the multipart form has no 'image' field (fields: {', '.join(form) or 'none'})")
-            if not isinstance(field, UploadFile):
-                raise ApiError(400, "the multipart field 'image' must be a file upload, not a text value")
-            return await field.read()
-    except HTTPException as err:  # malformed multipart bodies
-        raise ApiError(400, f"malformed multipart body: {err.detail}") from None
 
 
 # ------------------------------------------------------------------------------------------------------------ app
