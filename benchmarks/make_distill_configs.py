@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from edgeseg.runtime.classes import CAMVID_CLASS_WEIGHTS
+from edgeseg.training.data.class_weights import CAMVID_CLASS_WEIGHTS
 from edgeseg.runtime.io import write_text_atomic
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from edgeseg import __version__
-from edgeseg.runtime.classes import CAMVID_CLASS_WEIGHTS
+from edgeseg.training.data.class_weights import CAMVID_CLASS_WEIGHTS
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 TEACHER_ASSET = ASSETS / "teacher_bisenetv2_camvid.pt"

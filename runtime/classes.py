@@ -74,15 +74,11 @@ CAMVID = ClassSpec(
     dataset="camvid",
     names=("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
            "Bicyclist"),
-    # SegNet tutorial colours (see ../shared/data/camvid/README.md).
+    # The colours of the SegNet tutorial's CamVid scripts (its 11-class, 360x480 preparation of CamVid).
     palette=((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
              (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)),
     extra={"void_label": 11},
 )
-
-CAMVID_CLASS_WEIGHTS = [0.2595, 0.1826, 4.5640, 0.1417, 0.9051, 0.3826, 9.6446, 1.8418, 0.6823, 6.2478, 7.3614]
-"""Cross-entropy weights of the CamVid classes by median-frequency balancing, as SegNet's training prototxts set
-them (see ../shared/data/camvid/README.md): rare thin classes (pole, sign, pedestrian, bicyclist) count more."""
 
 CITYSCAPES = ClassSpec(
     dataset="cityscapes",
