@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from edgeseg.runtime.errors import ConfigError, DataError
+from edgeseg.runtime.sizes import parse_size
 
 from .formats import (
     CHECK_OPTIONS,
@@ -32,7 +33,7 @@ OPTION_DEFAULTS: dict[str, object] = {
     "check": False, "check_data": None, "check_images": 8, "min_agreement": None, "max_abs_error": None,
     "workspace": 4.0, "timing_cache": None, "min_shape": None, "opt_shape": None, "max_shape": None, "gpu": 0,
     "name": None, "max_batch": None, "instances": 1, "instance_kind": "gpu", "preferred_batch": None,
-    "max_queue_delay_us": 100, "sources": 1, "source": None, "segmentation_threshold": None,
+    "max_queue_delay_us": 100, "sources": 1, "source": None, "segmentation_threshold": None, "triton_backend": None,
 }
 """Defaults of every option; an option counts as given when its value differs from this."""
 
@@ -97,6 +98,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     serving.add_argument("--max-batch", type=int, default=None, help="triton max_batch_size (default 8)")
     serving.add_argument("--instances", type=int, default=1, help="triton instances per device (1)")
     serving.add_argument("--instance-kind", default="gpu", choices=("gpu", "cpu"), help="triton instance kind (gpu)")
+    serving.add_argument("--triton-backend", default=None, metavar="onnxruntime|tensorrt|python",
+                         help="triton backend (default: onnxruntime for .onnx, tensorrt for engines); python runs the "
+                              "ONNX with ONNX Runtime in Triton's Python backend (CPU hosts, servers without it)")
     serving.add_argument("--preferred-batch", type=int, default=None, help="triton preferred batch (max/2)")
     serving.add_argument("--max-queue-delay-us", type=int, default=100, help="triton batcher delay (100 us)")
     serving.add_argument("--sources", type=int, default=1, help="deepstream: number of input streams (1)")
@@ -209,13 +213,13 @@ def _export_checkpoint(args: argparse.Namespace, fmt_name: str, out_path: Path |
     """
     from edgeseg.training.checkpoint import build_model_from_card, load_checkpoint
 
-    from .onnx_export import OnnxOptions, export_onnx, parse_hw
+    from .onnx_export import OnnxOptions, export_onnx
     from .precision import ImageCalibrationReader, load_calibration_images
 
     source = Path(args.checkpoint)
     card = load_checkpoint(source)
     model = build_model_from_card(card).eval()
-    size = parse_hw(args.size) if args.size else tuple(card["input_size"])
+    size = parse_size(args.size, "--size") if args.size else tuple(card["input_size"])
     dynamic = args.dynamic or DYNAMIC_DEFAULT.get(fmt_name)
     dynamic = None if dynamic == "none" else dynamic
     batch = args.batch if args.batch is not None else (args.sources if fmt_name == "deepstream" else 1)
@@ -294,7 +298,7 @@ def _run_triton(args, source: Path, out: Path | None, log) -> int:
 
     options = TritonOptions(name=args.name, max_batch=args.max_batch, instances=args.instances,
                             instance_kind=args.instance_kind, preferred_batch=args.preferred_batch,
-                            max_queue_delay_us=args.max_queue_delay_us)
+                            max_queue_delay_us=args.max_queue_delay_us, backend=args.triton_backend)
     repo = out or source.parent / "triton"
     suffix = source.suffix.lower()
     if suffix in (".engine", ".plan"):

@@ -31,6 +31,7 @@ from torch import nn
 from edgeseg import __version__
 from edgeseg.runtime.errors import ConfigError, ModelFormatError
 from edgeseg.runtime.metadata import PRECISIONS, ModelMeta
+from edgeseg.runtime.sizes import parse_size
 
 from .formats import DEFAULT_OPSET
 from .onnx_graph import TensorSpec, graph_io, save_onnx, set_metadata
@@ -46,18 +47,6 @@ CLASSES_NAME = "classes"
 DYNAMIC_CHOICES = ("batch", "hw", "all")
 FUSE_CHOICES = ("none", "pre", "post", "all")
 CLASS_DTYPES = {"uint8": torch.uint8, "int32": torch.int32}
-
-
-def parse_hw(text: str, option: str = "--size") -> tuple[int, int]:
-    """``"360x480"`` -> ``(360, 480)``; anything else is a ConfigError that shows the expected form."""
-    parts = str(text).lower().split("x")
-    try:
-        values = [int(part) for part in parts]
-    except ValueError:
-        values = []
-    if len(values) != 2 or min(values) < 1:
-        raise ConfigError(f"{option} must be two positive integers HEIGHTxWIDTH such as 360x480, got {text!r}")
-    return values[0], values[1]
 
 
 @dataclass
@@ -107,7 +96,7 @@ class OnnxOptions:
                               f"onnx package's newest), got {self.opset}; {DEFAULT_OPSET} suits every runtime")
         if self.batch < 1:
             raise ConfigError(f"--batch must be a positive integer, got {self.batch}")
-        self.size = parse_hw(f"{self.size[0]}x{self.size[1]}")
+        self.size = parse_size(self.size, "--size")
 
     @property
     def dynamic_batch(self) -> bool:

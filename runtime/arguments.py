@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 
 from .backends import BACKEND_NAMES
-from .errors import DataError
-from .segmenter import parse_size
+from .errors import ConfigError
+from .sizes import parse_size
 
 MODEL_HELP = ("model to run: .onnx, .engine/.plan (with its JSON sidecar), .pt checkpoint (needs the train extra) or "
               "triton://host:port/model")
@@ -38,7 +38,7 @@ def size_argument(text: str) -> tuple[int, int]:
     """An argparse type for ``HxW`` sizes, parsed as the Segmenter parses them."""
     try:
         return parse_size(text)
-    except DataError as err:
+    except ConfigError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 

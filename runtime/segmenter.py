@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from .backends import Backend, open_backend
+from .sizes import parse_size
 from .errors import DataError, MetadataError, ModelFormatError
 from .metadata import ModelMeta
 from .preprocess import check_image, normalize, overlay, resize_image, resize_labels
@@ -24,23 +25,6 @@ the output stride of the encoders in the zoo, so feature maps line up with the i
 
 MAX_CLASSES = 255
 """Class maps are uint8 and 255 is the ignore index, so a model may predict at most 255 classes."""
-
-
-def parse_size(text: str | Sequence[int]) -> tuple[int, int]:
-    """``"360x480"``, ``"512"`` (square) or ``(360, 480)`` -> ``(height, width)``; anything else is a DataError."""
-    if isinstance(text, str):
-        parts = text.lower().replace("*", "x").split("x")
-        try:
-            values = [int(p) for p in parts]
-        except ValueError:
-            raise DataError(f"size must look like HEIGHTxWIDTH (e.g. 360x480), got {text!r}") from None
-    else:
-        values = [int(v) for v in text]
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or min(values) < 1:
-        raise DataError(f"size must be two positive integers HEIGHTxWIDTH, got {text!r}")
-    return values[0], values[1]
 
 
 def argmax_channels(logits: np.ndarray) -> np.ndarray:

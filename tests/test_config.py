@@ -41,8 +41,10 @@ def test_yaml_1_1_spellings_and_size_forms(tmp_path):
     assert config["train"]["channels_last"] is False   # this one really takes a boolean
     assert config["optim"]["lr"] == 0.001              # YAML reads 1e-3 (no dot) as a string
     assert config["data"]["base_size"] == [360, 480] and config["data"]["crop_size"] == [128, 160]
-    for bad in ("data.base_size=512", "data.eval_size=[0, 4]", "data.crop_size=360x"):
-        with pytest.raises(ConfigError, match=r"must be \[H, W\] or HxW"):
+    # One size rule for flags, configs and the Segmenter (runtime/sizes.py): a single number is a square.
+    assert resolve_config(None, ["data.base_size=512"])["data"]["base_size"] == [512, 512]
+    for bad in ("data.eval_size=[0, 4]", "data.crop_size=360x", "data.crop_size=[1]"):
+        with pytest.raises(ConfigError, match=r"must be HEIGHTxWIDTH"):
             resolve_config(None, [bad])
 
 
@@ -78,3 +80,24 @@ def test_bad_override_syntax_and_bad_files(tmp_path):
 def test_resolved_config_round_trips_through_yaml(tmp_path):
     config = resolve_config(None, ["name=x", "train.seed=3"])
     assert resolve_config(write(tmp_path, dump_config(config))) == config
+
+
+@pytest.mark.parametrize("value, expected", [("360x480", (360, 480)), (" 64 X 96 ", (64, 96)), ("512", (512, 512)),
+                                             ("3*4", (3, 4)), ([360, 480], (360, 480))])
+def test_one_size_rule_for_flags_configs_and_the_segmenter(value, expected):
+    from edgeseg.runtime.arguments import size_argument
+    from edgeseg.runtime.sizes import parse_size
+
+    assert parse_size(value) == expected
+    assert tuple(resolve_config(None, [f"data.crop_size={value if isinstance(value, str) else list(value)}"])
+                 ["data"]["crop_size"]) == expected
+    if isinstance(value, str):
+        assert size_argument(value) == expected
+
+
+@pytest.mark.parametrize("value", ["64x", "0x96", "axb", "1x2x3", [True, 2], [1], "", "-3x4"])
+def test_bad_sizes_name_the_setting(value):
+    from edgeseg.runtime.sizes import parse_size
+
+    with pytest.raises(ConfigError, match=r"data.crop_size must be HEIGHTxWIDTH"):
+        parse_size(value, "data.crop_size")

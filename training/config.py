@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import yaml
 
 from edgeseg.runtime.errors import ConfigError
 from edgeseg.runtime.io import write_text_atomic
+from edgeseg.runtime.sizes import parse_size
 
 # Sections whose contents are free-form (validated by the code that consumes them, e.g. a model builder's
 # keyword arguments or the list of distillation losses).
@@ -82,12 +82,7 @@ BOOL_OR_STRING = {"train.channels_last"}
 
 
 def _check_size(path: str, value: Any) -> list[int]:
-    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*x\s*\d+\s*", value):
-        value = [int(v) for v in value.split("x")]
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-        raise ConfigError(f"{path} must be [H, W] or HxW with positive integers, got {value!r}")
-    return list(value)
+    return list(parse_size(value, path))
 
 
 def _check_type(path: str, default: Any, value: Any) -> Any:
