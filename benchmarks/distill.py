@@ -41,6 +41,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+from provenance import header_lines, provenance  # noqa: E402
 from stats import minimum_detectable_effect, paired, pooled_std, runs_for_effect, welch  # noqa: E402
 
 ALL_METHODS = ["plain", "kd", "cwd", "skd_pairwise", "dsd", "psd", "csd", "ka", "csc", "ace", "csc_ace"]
@@ -357,7 +358,8 @@ def summarize(args, runs: Path, timings: dict | None, teacher: dict, plain_confi
         rows.append(row)
     classes = teacher["num_classes"]
     teacher = {**teacher, **model_costs({"name": teacher["model"], "kwargs": teacher["kwargs"]}, classes, size)}
-    return {"machine": machine(), "protocol": args.protocol, "teacher": teacher,
+    return {**provenance("benchmarks/distill.py"), "machine": machine(), "protocol": args.protocol,
+            "teacher": teacher,
             "student": {"model": student["name"], "kwargs": student["kwargs"],
                         **model_costs(student, classes, size)},
             "seeds": args.seeds, "pooled_std": spread,
@@ -365,8 +367,7 @@ def summarize(args, runs: Path, timings: dict | None, teacher: dict, plain_confi
             "equal_time": {"arm": EQUAL_TIME_ARM, "iterations_factor": factor, "per_seed_miou": longer},
             "rows": rows, "per_seed_miou": per_seed,
             "seeds_by_method": {method: sorted(values) for method, values in by_seed.items()},
-            "memory_kind": next((t.get("peak_mem_kind") for t in (timings or {}).values()), None),
-            "command": " ".join(["python", "benchmarks/distill.py", *sys.argv[1:]])}
+            "memory_kind": next((t.get("peak_mem_kind") for t in (timings or {}).values()), None)}
 
 
 def _mean_per_class(finals: list[dict]) -> dict[str, float | None]:
@@ -401,13 +402,12 @@ def to_markdown(summary: dict) -> str:
     teacher = summary["teacher"]
     lines = [
         f"# Distillation on CamVid val, protocol `{summary['protocol']}`", "",
-        f"- machine: {summary['machine']}",
+        *header_lines(summary),
         f"- teacher: {_model_name(teacher['model'], teacher.get('kwargs'))} ({teacher['checkpoint']}, trained with "
         f"config `{teacher.get('trained_with')}`), val mIoU {_pct(teacher['miou'])}{_costs(teacher)}",
         f"- student: {_model_name(summary['student']['model'], summary['student']['kwargs'])}"
         f"{_costs(summary['student'])}",
-        f"- seeds: {summary['seeds']}; configs: `configs/distill/{summary['protocol']}/<method>.yaml`",
-        f"- command: `{summary['command']}`", "",
+        f"- seeds: {summary['seeds']}; configs: `configs/distill/{summary['protocol']}/<method>.yaml`", "",
         "mIoU in percent, mean ± std over seeds, each run's final checkpoint (no best-of selection), scored on val; "
         "gain = method mean - plain mean with Welch's 95% interval and two-sided p-value; MDE = the smallest gain "
         "this design detects with 80% power at alpha 0.05, from the pooled spread of all arms; an interval that "

@@ -16,6 +16,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from provenance import header_lines, provenance  # noqa: E402
+
 METHODS = ["kd", "cwd", "skd_pairwise", "dsd", "psd", "csd", "ka", "csc", "ace", "csc_ace"]
 
 
@@ -46,7 +49,7 @@ def measure(protocol: str, method: str, overrides: list[str], out: Path) -> dict
 
 def to_markdown(summary: dict) -> str:
     lines = [f"# Loss balance, protocol `{summary['protocol']}`", "",
-             f"- command: `{summary['command']}`", f"- machine: {summary['machine']}", "",
+             *header_lines(summary), "",
              "Each weighted term at the first training step, relative to the unweighted cross entropy (value) and to "
              "the norm of the gradient the cross entropy sends into the student's parameters (gradient). `task` is "
              "the cross entropy times `distill.task_weight`.", "",
@@ -70,12 +73,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path)
     args = parser.parse_args()
     from edgeseg.runtime.io import write_json_atomic, write_text_atomic
-    from edgeseg.runtime.sysinfo import describe_machine, format_machine
-
     rows = [measure(args.protocol, method, args.overrides, REPO / "runs" / "loss_balance") for method in args.methods]
-    summary = {"protocol": args.protocol, "rows": rows,
-               "machine": format_machine(describe_machine()).splitlines()[0],
-               "command": " ".join(["python", "benchmarks/loss_balance.py", *sys.argv[1:]])}
+    summary = {"protocol": args.protocol, "rows": rows, **provenance("benchmarks/loss_balance.py")}
     results = args.results or REPO / "benchmarks" / "results" / f"loss_balance_{args.protocol}"
     write_json_atomic(results.with_suffix(".json"), summary)
     write_text_atomic(results.with_suffix(".md"), to_markdown(summary))

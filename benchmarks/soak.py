@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import random
 import statistics
 import struct
@@ -32,6 +31,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import header_lines, provenance  # noqa: E402
 from serve_load import Server, build_student  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,8 +196,7 @@ def write_report(result: dict, stem: Path) -> None:
     from edgeseg.runtime.io import write_json_atomic, write_text_atomic
 
     s = result["summary"]
-    lines = ["# Soak test of `edgeseg serve`", "", f"- command: `{result['command']}`",
-             f"- machine: {result['machine']}", f"- commit: {result['commit']}, date: {result['date']}",
+    lines = ["# Soak test of `edgeseg serve`", "", *header_lines(result),
              f"- model: {result['model']}; {result['minutes']} min at {result['rate']} requests/s, mix {MIX}", "",
              f"Requests: {s['requests']}; answers by class: {s['by_class']}; `/healthz` afterwards: "
              f"{s['healthz_after']}.", "",
@@ -231,8 +230,6 @@ def main() -> int:
     args = parser.parse_args()
     if args.minutes <= 0 or args.minutes > 60 or args.rate <= 0 or args.rate > 100:
         raise SystemExit("soak: --minutes must lie in (0, 60] and --rate in (0, 100]")
-    from edgeseg.runtime.sysinfo import describe_machine, format_machine
-
     with tempfile.TemporaryDirectory() as folder:
         model = args.model or build_student("fastscnn", (96, 128), Path(folder))
         server = Server(model, ("--max-batch", "4"))
@@ -241,13 +238,7 @@ def main() -> int:
             run = asyncio.run(soak(server, bodies(args.seed), args.minutes, args.rate, args.seed))
         finally:
             server.stop()
-    import subprocess
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=REPO).stdout.strip()
-    result = {"command": " ".join(["python", "benchmarks/soak.py", *sys.argv[1:]]),
-              "machine": format_machine(describe_machine()).splitlines()[0], "commit": commit,
-              "date": datetime.date.today().isoformat(), "model": str(args.model or "fastscnn 96x128 (fresh)"),
+    result = {**provenance("benchmarks/soak.py"), "model": str(args.model or "fastscnn 96x128 (fresh)"),
               "minutes": args.minutes, "rate": args.rate, "burst": largest, "summary": summarise(run)}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     plot(result["summary"], args.results.with_suffix(".png"))
