@@ -12,12 +12,21 @@ setup:
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[runtime,train,export,serve,dev]"
+	# NVIDIA's TensorRT type stubs for `make test`'s type check; --no-deps because they require tensorrt itself
+	# (GPU hosts only), and in a folder of their own because the bare `tensorrt` folder they hold would import as
+	# an empty namespace package from site-packages.
+	$(BIN)/pip install --quiet --no-deps --upgrade --target $(VENV)/typings "tensorrt-stubs==10.13.0.35.1"
+	# The package layout setup.py installs (edgeseg.runtime = runtime/, ...), as links the checker can follow.
+	mkdir -p $(VENV)/typecheck/edgeseg
+	ln -sfn $(CURDIR)/edgeseg/__init__.py $(VENV)/typecheck/edgeseg/__init__.py
+	for stage in runtime training export; do ln -sfn $(CURDIR)/$$stage $(VENV)/typecheck/edgeseg/$$stage; done
 
 quickstart:
 	$(BIN)/edgeseg quickstart --out runs/quickstart
 
 test:
 	$(BIN)/ruff check .
+	$(BIN)/basedpyright
 	$(BIN)/python -m pytest -q
 
 lint:

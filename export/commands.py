@@ -267,14 +267,16 @@ def run_export(args: argparse.Namespace, log=print) -> int:
 
 
 def _run_engine(args, source: Path, out: Path | None, log) -> int:
-    from .tensorrt_build import EngineOptions, build_engine, import_tensorrt, parse_shape
+    from edgeseg.runtime.backends.tensorrt_engine import require_tensorrt
+
+    from .tensorrt_build import BUILD_PURPOSE, EngineOptions, build_engine, parse_shape
 
     options = EngineOptions(
         workspace_gb=args.workspace, timing_cache=Path(args.timing_cache) if args.timing_cache else None,
         min_shape=parse_shape(args.min_shape, "--min-shape") if args.min_shape else None,
         opt_shape=parse_shape(args.opt_shape, "--opt-shape") if args.opt_shape else None,
         max_shape=parse_shape(args.max_shape, "--max-shape") if args.max_shape else None, gpu=args.gpu)
-    import_tensorrt()  # fail before a long export when TensorRT is missing
+    require_tensorrt(BUILD_PURPOSE)  # fail before a long export when TensorRT is missing
     size = None
     if source.suffix.lower() == ".pt":
         onnx_out = out.with_suffix(".onnx") if out else None
@@ -287,14 +289,14 @@ def _run_engine(args, source: Path, out: Path | None, log) -> int:
         onnx_path = source
     engine_path = out or onnx_path.with_suffix(".engine")
     build = build_engine(onnx_path, engine_path, options, size=size, log=log)
-    log(f"wrote {build.engine} and {build.sidecar}")
+    log(f"wrote {build.engine} and {build.sidecar.path}")
     log(f"same build with trtexec:\n  {build.trtexec}")
     return 0
 
 
 def _run_triton(args, source: Path, out: Path | None, log) -> int:
-    from .onnx_graph import graph_io, load_onnx, read_metadata
-    from .triton import TritonOptions, engine_io, read_sidecar_json, write_triton_repository
+    from .onnx_graph import TensorSpec, graph_io, load_onnx, read_metadata
+    from .triton import TritonOptions, write_triton_repository
 
     options = TritonOptions(name=args.name, max_batch=args.max_batch, instances=args.instances,
                             instance_kind=args.instance_kind, preferred_batch=args.preferred_batch,
@@ -302,15 +304,11 @@ def _run_triton(args, source: Path, out: Path | None, log) -> int:
     repo = out or source.parent / "triton"
     suffix = source.suffix.lower()
     if suffix in (".engine", ".plan"):
-        from edgeseg.runtime.backends.tensorrt_engine import find_sidecar
-        from edgeseg.runtime.metadata import ModelMeta
+        from edgeseg.runtime.backends.engine_sidecar import read_sidecar
 
-        sidecar_file = find_sidecar(source)  # either name the runtime accepts
-        sidecar = read_sidecar_json(sidecar_file)
-        io, profile_max = engine_io(sidecar, sidecar_file)
-        card = {k: v for k, v in sidecar.items() if k not in ("tensorrt_version", "gpu")}
-        meta = ModelMeta.from_dict(card, source=str(sidecar_file))
-        folder = write_triton_repository(source, repo, meta, io, options, profile_max)
+        sidecar = read_sidecar(source)  # either name the runtime accepts
+        io = [TensorSpec.from_dict(tensor) for tensor in sidecar.require_io()]
+        folder = write_triton_repository(source, repo, sidecar.meta, io, options, sidecar.profile_max_batch)
     elif suffix == ".onnx":
         folder = write_triton_repository(source, repo, read_metadata(source), graph_io(load_onnx(source)), options)
     else:

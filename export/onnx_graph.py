@@ -36,6 +36,11 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
                 "mode": "input" if self.is_input else "output"}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "TensorSpec":
+        """The inverse of :meth:`to_dict` (an engine sidecar's ``io`` entries)."""
+        return cls(data["name"], data["dtype"], tuple(data["shape"]), data["mode"] == "input")
+
 
 def graph_io(model: onnx.ModelProto) -> list[TensorSpec]:
     """The real inputs and outputs of a graph, read from the proto (initializers listed as inputs are skipped)."""

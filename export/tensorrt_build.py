@@ -2,29 +2,37 @@
 
 The network is created *strongly typed*: TensorRT takes every tensor's type from the graph (FP16 tensors, INT8
 Q/DQ pairs) instead of choosing precisions through builder flags, which TensorRT 11 removed. The FP16/INT8 decision
-was therefore made at ONNX export time and is exactly what ONNX Runtime checked.
+was therefore made at ONNX export time and is exactly what ONNX Runtime checked. TensorRT 10 needs the
+``STRONGLY_TYPED`` network flag for that; TensorRT 11 is always strongly typed and deprecates the flag (ignored, kept
+for compatibility), so it is passed only before 11.
 
-Besides the plan, the build writes a JSON sidecar (``<engine>.json``: the model card plus the TensorRT version, GPU
-name, compute capability, shape profile and the SHA-256 of the source ONNX), which the runtime uses to refuse an
-engine built for another GPU or TensorRT release, and prints the equivalent ``trtexec`` command so a build can be
-reproduced without Python. TensorRT is imported only inside :func:`build_engine`.
+Besides the plan, the build writes a JSON sidecar (:mod:`edgeseg.runtime.backends.engine_sidecar`: the model card
+plus the TensorRT version, GPU name, compute capability, shape profile and the SHA-256 of the source ONNX), which
+the runtime uses to refuse an engine built for another GPU or TensorRT release, and prints the equivalent
+``trtexec`` command so a build can be reproduced without Python. TensorRT is imported only inside
+:func:`build_engine`; ``make test`` type-checks this file against NVIDIA's ``tensorrt-stubs`` (10.13).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgeseg.runtime.errors import BackendUnavailable, ConfigError, ModelFormatError
-from edgeseg.runtime.io import atomic_path, file_sha256, write_bytes_atomic
+from edgeseg.runtime.backends.engine_sidecar import EngineSidecar, write_engine
+from edgeseg.runtime.backends.tensorrt_engine import require_tensorrt
+from edgeseg.runtime.errors import ConfigError, ModelFormatError
+from edgeseg.runtime.io import file_sha256, write_bytes_atomic
 
 from .onnx_graph import TensorSpec, graph_io, load_onnx, read_metadata
 
-TENSORRT_HINT = ("install TensorRT: pip install 'edgeseg[gpu]' on a desktop GPU host, or on Jetson the JetPack "
-                 "package python3-libnvinfer (apt install python3-libnvinfer)")
+if TYPE_CHECKING:  # TensorRT's classes in annotations, checked against tensorrt-stubs
+    import tensorrt as trt
+
+BUILD_PURPOSE = "building a TensorRT engine"
 DEFAULT_WORKSPACE_GB = 4.0
 DEFAULT_MAX_BATCH = 8
 PROFILE_STEP = 32
@@ -144,22 +152,24 @@ def trtexec_command(onnx_path: Path, engine_path: Path, input_name: str, profile
     return " ".join(shlex.quote(part) for part in parts)
 
 
-def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError as err:
-        raise BackendUnavailable(f"building a TensorRT engine needs the tensorrt package, which is not installed "
-                                 f"here ({err}); {TENSORRT_HINT}") from None
-    return tensorrt
+def network_flags(version: str) -> int:
+    """``create_network`` flags for a strongly typed network: the STRONGLY_TYPED bit before TensorRT 11, none from
+    11 on (always strongly typed there; the flag is deprecated and ignored)."""
+    import tensorrt as trt
+
+    major = re.match(r"\d+", version)
+    if major and int(major.group()) >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
 def describe_gpu(index: int) -> tuple[str, str | None]:
     """Name and compute capability (``"8.7"``) of a CUDA device, via cuda-python or torch; unknown if neither."""
     try:
         try:
-            from cuda.bindings import runtime as cudart
+            from cuda.bindings import runtime as cudart  # pyright: ignore[reportMissingImports] (no stubs here)
         except ImportError:
-            from cuda import cudart
+            from cuda import cudart  # pyright: ignore[reportMissingImports] (cuda-python before 12.6)
         err, props = cudart.cudaGetDeviceProperties(index)
         if err == cudart.cudaError_t.cudaSuccess:
             name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
@@ -177,22 +187,13 @@ def describe_gpu(index: int) -> tuple[str, str | None]:
     return "unknown", None
 
 
-def describe_parser_error(error) -> str:
-    """One line per ONNX parser error: description plus the node it concerns when TensorRT says which."""
-    description = error.desc() if callable(getattr(error, "desc", None)) else str(error)
-    where = []
-    for attribute, label in (("node_name", "node"), ("node_operator", "op")):
-        getter = getattr(error, attribute, None)
-        value = getter() if callable(getter) else None
-        if value:
-            where.append(f"{label} {value}")
-    if not where and callable(getattr(error, "node", None)) and error.node() >= 0:
+def describe_parser_error(error: trt.ParserError) -> str:
+    """One line per ONNX parser error: description plus the node it concerns (name and operator, or index)."""
+    where = [f"{label} {value}" for label, value in (("node", error.node_name()), ("op", error.node_operator()))
+             if value]
+    if not where and error.node() >= 0:
         where.append(f"node #{error.node()}")
-    return description + (f" ({', '.join(where)})" if where else "")
-
-
-def sidecar_path(engine_path: Path) -> Path:
-    return engine_path.with_name(engine_path.name + ".json")
+    return error.desc() + (f" ({', '.join(where)})" if where else "")
 
 
 @dataclass
@@ -200,10 +201,9 @@ class EngineBuild:
     """What :func:`build_engine` wrote, and how to rebuild it with trtexec."""
 
     engine: Path
-    sidecar: Path
+    sidecar: EngineSidecar
     trtexec: str
     profile: dict | None
-    sidecar_data: dict = field(default_factory=dict)
 
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path, options: EngineOptions | None = None,
@@ -220,7 +220,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: Engine
         log: Where progress lines go.
 
     Raises:
-        BackendUnavailable: TensorRT is not installed.
+        BackendUnavailable: TensorRT is not installed (or only its type stubs are).
         ModelFormatError: the parser rejects the graph (every parser error is listed) or the build fails.
         ConfigError: profile shapes that do not fit the graph.
     """
@@ -239,10 +239,12 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: Engine
     profile = profile_shapes(inputs[0], meta.input_layout, options, size, batch)
     command = trtexec_command(onnx_path, engine_path, inputs[0].name, profile, options)
 
-    trt = import_tensorrt()
+    require_tensorrt(BUILD_PURPOSE)
+    import tensorrt as trt
+
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    network = builder.create_network(network_flags(trt.__version__))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [describe_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -252,7 +254,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: Engine
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
     if profile is not None:
         optimization_profile = builder.create_optimization_profile()
-        optimization_profile.set_shape(inputs[0].name, profile["min"], profile["opt"], profile["max"])
+        optimization_profile.set_shape(inputs[0].name, *(trt.Dims(list(profile[key])) for key in ("min", "opt", "max")))
         config.add_optimization_profile(optimization_profile)
     cache_bytes = b""
     if options.timing_cache is not None and Path(options.timing_cache).is_file():
@@ -262,25 +264,16 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: Engine
 
     log(f"building TensorRT {trt.__version__} engine from {onnx_path} (strongly typed, {meta.precision} graph)")
     serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
+    if serialized is None:  # the stubs say IHostMemory; the binding returns None when the build fails
         raise ModelFormatError(f"TensorRT {trt.__version__} could not build an engine from {onnx_path}; the builder "
                                "messages above say why (often: too little --workspace, or an unsupported layer)")
     gpu_name, capability = describe_gpu(options.gpu)
     if options.timing_cache is not None:
         write_bytes_atomic(options.timing_cache, bytes(timing_cache.serialize()))
-    sidecar = {
-        **{key: value for key, value in vars(meta).items()},
-        "tensorrt_version": str(trt.__version__),
-        "gpu": gpu_name,
-        "compute_capability": capability,
-        "profile": None if profile is None else {inputs[0].name: {k: list(v) for k, v in profile.items()}},
-        "io": [spec.to_dict() for spec in io_specs],
-        "onnx_file": onnx_path.name,
-        "onnx_sha256": file_sha256(onnx_path),
-        "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    # Both files are complete before either is renamed into place, so an engine never appears without its card.
-    with atomic_path(engine_path) as engine_tmp, atomic_path(sidecar_path(engine_path)) as sidecar_tmp:
-        engine_tmp.write_bytes(bytes(serialized))
-        sidecar_tmp.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
-    return EngineBuild(engine_path, sidecar_path(engine_path), command, profile, sidecar)
+    sidecar = EngineSidecar(
+        meta, tensorrt_version=str(trt.__version__), gpu=gpu_name, compute_capability=capability,
+        profile=None if profile is None else {inputs[0].name: {k: list(v) for k, v in profile.items()}},
+        io=[spec.to_dict() for spec in io_specs], onnx_file=onnx_path.name, onnx_sha256=file_sha256(onnx_path),
+        built=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    write_engine(engine_path, bytes(serialized), sidecar)
+    return EngineBuild(engine_path, sidecar, command, profile)

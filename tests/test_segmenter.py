@@ -17,8 +17,8 @@ from edgeseg.runtime import ModelMeta, Segmenter
 from edgeseg.runtime import backends as backend_registry
 from edgeseg.runtime.backends import onnx_runtime, tensorrt_engine
 from edgeseg.runtime.backends.base import adopt_input_size
-from edgeseg.runtime.backends.tensorrt_engine import (EngineRunner, check_engine_compatibility, numpy_dtype,
-                                                      read_sidecar)
+from edgeseg.runtime.backends.engine_sidecar import read_sidecar
+from edgeseg.runtime.backends.tensorrt_engine import EngineRunner, check_engine_compatibility, numpy_dtype
 from edgeseg.runtime.backends.triton_client import parse_triton_uri
 from edgeseg.runtime.errors import BackendUnavailable, DataError, MetadataError, ModelFormatError
 
@@ -389,9 +389,11 @@ def write_engine(tmp_path, sidecar_name="tiny.engine.json", **overrides):
 
 @pytest.mark.parametrize("sidecar_name", ["tiny.engine.json", "tiny.json"])
 def test_sidecar_is_read_from_either_name(tmp_path, sidecar_name):
-    meta, version, gpu = read_sidecar(write_engine(tmp_path, sidecar_name))
+    sidecar = read_sidecar(write_engine(tmp_path, sidecar_name))
+    meta = sidecar.meta
     assert isinstance(meta, ModelMeta) and meta.classes == list(TINY_CLASSES)
-    assert (version, gpu) == ("10.3.0.26", "NVIDIA Orin")
+    assert (sidecar.tensorrt_version, sidecar.gpu) == ("10.3.0.26", "NVIDIA Orin")
+    assert sidecar.path == tmp_path / sidecar_name and sidecar.profile_max_batch is None
     assert "tensorrt_version" not in meta.extra
 
 
@@ -478,19 +480,19 @@ class FakeEngine:
     """A tiny-model 'engine' with a dynamic NCHW float input, logits output and an auxiliary output."""
 
     def __init__(self, cuda, input_shape=(-1, 3, -1, -1), max_batch=8):
-        self.cuda, self.max_batch = cuda, max_batch
-        self.io = [("images", "INPUT", "FLOAT", input_shape), ("logits", "OUTPUT", "FLOAT", (-1, 4, -1, -1)),
-                   ("aux", "OUTPUT", "FLOAT", (-1, 4, -1, -1))]
-        self.num_io_tensors = len(self.io)
+        self._cuda, self._max_batch = cuda, max_batch
+        self._io = [("images", "INPUT", "FLOAT", input_shape), ("logits", "OUTPUT", "FLOAT", (-1, 4, -1, -1)),
+                    ("aux", "OUTPUT", "FLOAT", (-1, 4, -1, -1))]
+        self.num_io_tensors = len(self._io)
 
     def _row(self, name):
-        return next(row for row in self.io if row[0] == name)
+        return next(row for row in self._io if row[0] == name)
 
     def get_tensor_name(self, index):
-        return self.io[index][0]
+        return self._io[index][0]
 
     def get_tensor_mode(self, name):
-        return self._row(name)[1]
+        return getattr(FAKE_TRT.TensorIOMode, self._row(name)[1])
 
     def get_tensor_dtype(self, name):
         return types.SimpleNamespace(name=self._row(name)[2])
@@ -499,7 +501,7 @@ class FakeEngine:
         return self._row(name)[3]
 
     def get_tensor_profile_shape(self, name, profile):
-        return (1, 3, 16, 16), (1, 3, 64, 64), (self.max_batch, 3, 512, 512)
+        return (1, 3, 16, 16), (1, 3, 64, 64), (self._max_batch, 3, 512, 512)
 
     def create_execution_context(self):
         return FakeContext(self)
@@ -507,33 +509,41 @@ class FakeEngine:
 
 class FakeContext:
     def __init__(self, engine):
-        self.engine, self.addresses, self.input_shape = engine, {}, None
+        self._engine, self._addresses, self._input_shape = engine, {}, None
 
     def set_input_shape(self, name, shape):
-        self.input_shape = shape
-        return shape[0] <= self.engine.max_batch
+        self._input_shape = shape
+        return shape[0] <= self._engine._max_batch
 
     def get_tensor_shape(self, name):
-        n, _, h, w = self.input_shape
+        n, _, h, w = self._input_shape
         return (n, 4, h, w)
 
     def set_tensor_address(self, name, pointer):
-        self.addresses[name] = pointer
+        self._addresses[name] = pointer
 
     def execute_async_v3(self, stream):
-        memory = self.engine.cuda.memory
-        images = memory[self.addresses["images"]].view(np.float32).reshape(self.input_shape)
+        memory = self._engine._cuda.memory
+        images = memory[self._addresses["images"]].view(np.float32).reshape(self._input_shape)
         logits = np.einsum("kc,nchw->nkhw", TINY_WEIGHT, images) + TINY_BIAS[None, :, None, None]
-        memory[self.addresses["logits"]][:] = logits.astype(np.float32).view(np.uint8).reshape(-1)
+        memory[self._addresses["logits"]][:] = logits.astype(np.float32).view(np.uint8).reshape(-1)
         return True
 
 
-FAKE_TRT = types.SimpleNamespace(TensorIOMode=types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT"))
+FAKE_TRT = types.ModuleType("tensorrt")
+"""The part of TensorRT the engine runner uses; the backend fixture below adds the rest."""
+FAKE_TRT.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+FAKE_TRT.ICudaEngine, FAKE_TRT.IExecutionContext = FakeEngine, FakeContext
 
 
-def test_engine_runner_allocates_per_shape_and_returns_the_output():
+@pytest.fixture
+def runner_trt(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", FAKE_TRT)
+
+
+def test_engine_runner_allocates_per_shape_and_returns_the_output(runner_trt):
     cuda = FakeCuda()
-    runner = EngineRunner(FakeEngine(cuda), FAKE_TRT, cuda, "images", "logits")
+    runner = EngineRunner(FakeEngine(cuda), cuda, "images", "logits")
     assert runner.max_batch == 8 and runner.output.name == "logits"
     batch = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     first = runner.run(batch)
@@ -552,21 +562,20 @@ def test_engine_runner_allocates_per_shape_and_returns_the_output():
     assert cuda.memory == {} and cuda.stream_destroyed
 
 
-def test_engine_runner_checks_static_dimensions():
+def test_engine_runner_checks_static_dimensions(runner_trt):
     cuda = FakeCuda()
-    runner = EngineRunner(FakeEngine(cuda, input_shape=(1, 3, 64, 64)), FAKE_TRT, cuda, "images", "logits")
+    runner = EngineRunner(FakeEngine(cuda, input_shape=(1, 3, 64, 64)), cuda, "images", "logits")
     assert runner.max_batch == 1
     with pytest.raises(ModelFormatError, match="1x3x64x64"):
         runner.run(np.zeros((1, 3, 32, 32), np.float32))
 
 
-@pytest.fixture
-def fake_tensorrt(monkeypatch):
-    """TensorRT and CUDA stand-ins, so the whole backend runs through Segmenter without a GPU."""
-    cuda = FakeCuda()
+def fake_runtime_tensorrt(cuda: FakeCuda) -> types.ModuleType:
+    """The TensorRT stand-in the backend runs on (test_tensorrt_stubs.py checks its names against the stubs)."""
     module = types.ModuleType("tensorrt")
     module.__version__ = "10.3.0"
-    module.TensorIOMode = FAKE_TRT.TensorIOMode
+    module.TensorIOMode, module.ICudaEngine, module.IExecutionContext = (FAKE_TRT.TensorIOMode, FakeEngine,
+                                                                          FakeContext)
     module.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
     module.init_libnvinfer_plugins = lambda logger, namespace: True
 
@@ -578,7 +587,14 @@ def fake_tensorrt(monkeypatch):
             return FakeEngine(cuda) if data == b"serialized plan" else None
 
     module.Runtime = Runtime
-    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    return module
+
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch):
+    """TensorRT and CUDA stand-ins, so the whole backend runs through Segmenter without a GPU."""
+    cuda = FakeCuda()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_runtime_tensorrt(cuda))
     monkeypatch.setattr(tensorrt_engine, "CudaRuntime", lambda: cuda)
     return cuda
 

@@ -21,33 +21,40 @@ from edgeseg.cli import main
 from edgeseg.export import tensorrt_build
 from edgeseg.export.onnx_graph import read_metadata
 from edgeseg.export.tensorrt_build import EngineOptions, build_engine, parse_shape
-from edgeseg.runtime.backends.tensorrt_engine import read_sidecar
+from edgeseg.runtime.backends.engine_sidecar import read_sidecar
 from edgeseg.runtime.classes import CAMVID, IMAGENET_MEAN, IMAGENET_STD
 from edgeseg.runtime.errors import BackendUnavailable, ConfigError, ModelFormatError
 from edgeseg.training.checkpoint import model_card, save_checkpoint
 from edgeseg.training.models import create_model
 
 
-class FakeParserError:
+class ParserError:
     def __init__(self, text: str, node_name: str, operator: str) -> None:
-        self.text, self.name, self.operator = text, node_name, operator
+        self._text, self._name, self._operator = text, node_name, operator
 
     def desc(self) -> str:
-        return self.text
+        return self._text
 
     def node_name(self) -> str:
-        return self.name
+        return self._name
 
     def node_operator(self) -> str:
-        return self.operator
+        return self._operator
+
+    def node(self) -> int:
+        return -1
 
 
 class FakeTensorRT(types.ModuleType):
-    """Records what the builder code asks of TensorRT; configurable parser errors and build failure."""
+    """Records what the builder code asks of TensorRT; configurable parser errors and build failure.
 
-    def __init__(self, parser_errors=(), build_fails=False) -> None:
+    Its classes carry TensorRT's own names and only TensorRT's attributes (test_tensorrt_stubs.py checks them against
+    NVIDIA's stubs); test bookkeeping lives on the module's ``calls``.
+    """
+
+    def __init__(self, parser_errors=(), build_fails=False, version="10.3.0.26") -> None:
         super().__init__("tensorrt")
-        self.__version__ = "10.3.0.26"
+        self.__version__ = version
         self.calls: dict = {"profiles": []}
         fake = self
 
@@ -63,30 +70,34 @@ class FakeTensorRT(types.ModuleType):
         class MemoryPoolType:
             WORKSPACE = "workspace-pool"
 
-        class TimingCache:
+        class Dims(tuple):
+            pass
+
+        class ITimingCache:
             def __init__(self, data: bytes) -> None:
-                self.data = data
+                self._data = data
 
             def serialize(self) -> bytes:
-                return self.data + b"+tuned"
+                return self._data + b"+tuned"
 
-        class Profile:
+        class IOptimizationProfile:
             def __init__(self) -> None:
-                self.shapes = {}
+                self._shapes = {}
 
             def set_shape(self, name, low, opt, high) -> None:
-                self.shapes[name] = (tuple(low), tuple(opt), tuple(high))
+                assert all(isinstance(dims, Dims) for dims in (low, opt, high))  # what the stubs declare
+                self._shapes[name] = (tuple(low), tuple(opt), tuple(high))
 
-        class Config:
+        class IBuilderConfig:
             def set_memory_pool_limit(self, pool, size) -> None:
                 fake.calls["pool"] = (pool, size)
 
             def add_optimization_profile(self, profile) -> None:
-                fake.calls["profiles"].append(profile.shapes)
+                fake.calls["profiles"].append(profile._shapes)
 
-            def create_timing_cache(self, data: bytes) -> TimingCache:
+            def create_timing_cache(self, data: bytes) -> ITimingCache:
                 fake.calls["cache_loaded"] = data
-                return TimingCache(data)
+                return ITimingCache(data)
 
             def set_timing_cache(self, cache, ignore_mismatch) -> None:
                 fake.calls["cache_set"] = (cache, ignore_mismatch)
@@ -102,11 +113,11 @@ class FakeTensorRT(types.ModuleType):
                 fake.calls["network_flags"] = flags
                 return object()
 
-            def create_builder_config(self) -> Config:
-                return Config()
+            def create_builder_config(self) -> IBuilderConfig:
+                return IBuilderConfig()
 
-            def create_optimization_profile(self) -> Profile:
-                return Profile()
+            def create_optimization_profile(self) -> IOptimizationProfile:
+                return IOptimizationProfile()
 
             def build_serialized_network(self, network, config):
                 fake.calls["built"] = True
@@ -121,11 +132,12 @@ class FakeTensorRT(types.ModuleType):
                 self.num_errors = len(parser_errors)
                 return not parser_errors
 
-            def get_error(self, index: int) -> FakeParserError:
-                return FakeParserError(*parser_errors[index])
+            def get_error(self, index: int) -> ParserError:
+                return ParserError(*parser_errors[index])
 
-        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
-        self.NetworkDefinitionCreationFlag, self.MemoryPoolType = NetworkDefinitionCreationFlag, MemoryPoolType
+        for cls in (Logger, Builder, OnnxParser, NetworkDefinitionCreationFlag, MemoryPoolType, Dims, ITimingCache,
+                    IOptimizationProfile, IBuilderConfig, ParserError):
+            setattr(self, cls.__name__, cls)
 
 
 @pytest.fixture
@@ -141,6 +153,22 @@ def test_missing_tensorrt_names_the_package(monkeypatch, tiny_onnx, tmp_path):
     with pytest.raises(BackendUnavailable, match=r"edgeseg\[gpu\].*python3-libnvinfer"):
         build_engine(tiny_onnx.static, tmp_path / "m.engine")
     assert not (tmp_path / "m.engine").exists()
+
+
+def test_stubs_only_tensorrt_is_not_taken_for_tensorrt(monkeypatch, tiny_onnx, tmp_path):
+    stubs_only = types.ModuleType("tensorrt")  # what `import tensorrt` gives where only tensorrt-stubs is installed
+    stubs_only.__path__ = [str(tmp_path / "site-packages" / "tensorrt")]
+    monkeypatch.setitem(sys.modules, "tensorrt", stubs_only)
+    with pytest.raises(BackendUnavailable, match="only its type stubs are installed"):
+        build_engine(tiny_onnx.static, tmp_path / "m.engine")
+
+
+def test_tensorrt_11_is_strongly_typed_without_the_deprecated_flag(monkeypatch, tiny_onnx, tmp_path):
+    module = FakeTensorRT(version="11.4.0.106")
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    monkeypatch.setattr(tensorrt_build, "describe_gpu", lambda index: ("NVIDIA H100", "9.0"))
+    build_engine(tiny_onnx.static, tmp_path / "m.engine", log=lambda line: None)
+    assert module.calls["network_flags"] == 0
 
 
 def test_static_graph_builds_strongly_typed_without_profile(fake_trt, tiny_onnx, tmp_path):
@@ -164,9 +192,9 @@ def test_static_graph_builds_strongly_typed_without_profile(fake_trt, tiny_onnx,
 def test_sidecar_holds_meta_and_build_facts_and_the_runtime_reads_it(fake_trt, tiny_onnx, tmp_path):
     engine = tmp_path / "tiny.engine"
     build = build_engine(tiny_onnx.static, engine, log=lambda line: None)
-    assert build.sidecar == tmp_path / "tiny.engine.json"
+    assert build.sidecar.path == tmp_path / "tiny.engine.json"
 
-    data = build.sidecar_data
+    data = json.loads(build.sidecar.path.read_text())
     assert data["tensorrt_version"] == "10.3.0.26"
     assert data["gpu"] == "NVIDIA Jetson AGX Orin" and data["compute_capability"] == "8.7"
     assert data["onnx_sha256"] == hashlib.sha256(tiny_onnx.static.read_bytes()).hexdigest()
@@ -174,9 +202,10 @@ def test_sidecar_holds_meta_and_build_facts_and_the_runtime_reads_it(fake_trt, t
     assert [t["name"] for t in data["io"]] == ["images", "logits"]
     assert data["io"][0]["shape"] == [1, 3, 64, 64]
 
-    meta, version, gpu = read_sidecar(engine)  # the runtime's reader
-    source_meta = read_metadata(tiny_onnx.static)
-    assert (version, gpu) == ("10.3.0.26", "NVIDIA Jetson AGX Orin")
+    sidecar = read_sidecar(engine)  # the runtime's reader
+    meta, source_meta = sidecar.meta, read_metadata(tiny_onnx.static)
+    assert (sidecar.tensorrt_version, sidecar.gpu) == ("10.3.0.26", "NVIDIA Jetson AGX Orin")
+    assert sidecar.io == data["io"] and sidecar.onnx_sha256 == data["onnx_sha256"] and "io" not in meta.extra
     assert meta.classes == source_meta.classes and meta.mean == source_meta.mean
     assert meta.input_size == source_meta.input_size and meta.output_name == source_meta.output_name
 
@@ -186,7 +215,7 @@ def test_dynamic_graph_gets_default_profile_around_the_size(fake_trt, tiny_onnx,
     # batch 1..8 (opt 1); height/width from half the size (rounded up to 32) to twice the size
     expected = ((1, 3, 64, 96), (1, 3, 96, 160), (8, 3, 192, 320))
     assert fake_trt.calls["profiles"] == [{"images": expected}]
-    assert build.sidecar_data["profile"] == {"images": {"min": [1, 3, 64, 96], "opt": [1, 3, 96, 160],
+    assert build.sidecar.profile == {"images": {"min": [1, 3, 64, 96], "opt": [1, 3, 96, 160],
                                                         "max": [8, 3, 192, 320]}}
     words = shlex.split(build.trtexec)
     assert "--minShapes=images:1x3x64x96" in words

@@ -1,31 +1,36 @@
 """TensorRT backend: runs serialized engines (``.engine`` / ``.plan``) built by ``edgeseg export``.
 
-An engine file holds no class list, so export writes a JSON sidecar beside it (``model.engine.json``, or
-``model.json``) with the :class:`~edgeseg.runtime.metadata.ModelMeta` fields plus ``tensorrt_version`` and ``gpu``.
-Engines only run with the TensorRT version and on the GPU model that built them; the sidecar lets this module say so
-in one line instead of surfacing TensorRT's serialization assertion.
+An engine file holds no class list; its JSON sidecar (:mod:`.engine_sidecar`) carries the model card and the
+TensorRT version and GPU that built it. Engines only run with the TensorRT version and on the GPU model that built
+them; the sidecar lets this module say so in one line instead of surfacing TensorRT's serialization assertion.
 
 Written against the TensorRT 10/11 name-based API (``num_io_tensors``, ``set_input_shape``, ``set_tensor_address``,
-``execute_async_v3``). Device and pinned host memory come from ``cuda-python``, never torch: the runtime must stay
+``execute_async_v3``), which TensorRT 11 keeps unchanged; ``make test`` type-checks this file against NVIDIA's
+``tensorrt-stubs``. Device and pinned host memory come from ``cuda-python``, never torch: the runtime must stay
 torch-free. Both packages are imported only when an engine is opened.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
 import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import BackendUnavailable, MetadataError, ModelFormatError
-from ..metadata import ModelMeta
 from .base import Backend, adopt_input_size, parse_device
+from .engine_sidecar import read_sidecar
+
+if TYPE_CHECKING:  # the annotations below name TensorRT's classes, checked against tensorrt-stubs (make test)
+    import tensorrt as trt
 
 GPU_EXTRA = "pip install 'edgeseg[gpu]' (tensorrt and cuda-python; on Jetson use the JetPack TensorRT)"
+TENSORRT_HINT = ("install TensorRT: pip install 'edgeseg[gpu]' on a desktop GPU host, or on Jetson the JetPack "
+                 "package python3-libnvinfer (apt install python3-libnvinfer)")
 
 TRT_DTYPES = {
     "FLOAT": np.float32,
@@ -39,37 +44,21 @@ TRT_DTYPES = {
 """TensorRT ``DataType`` member names -> numpy; BF16, FP8 and INT4 have no numpy type and are refused at load."""
 
 
-def sidecar_candidates(engine_path: str | Path) -> list[Path]:
-    """Where the sidecar may be: ``model.engine.json`` first, then ``model.json``."""
-    path = Path(engine_path)
-    return [path.with_name(path.name + ".json"), path.with_suffix(".json")]
+def require_tensorrt(purpose: str) -> None:
+    """Fail with one line naming the install when the real ``tensorrt`` package is absent.
 
-
-def find_sidecar(engine_path: str | Path) -> Path:
-    """The sidecar file of an engine, of either name; a MetadataError lists both names when neither exists."""
-    for candidate in sidecar_candidates(engine_path):
-        if candidate.is_file():
-            return candidate
-    names = " or ".join(str(c) for c in sidecar_candidates(engine_path))
-    raise MetadataError(f"{engine_path} has no sidecar ({names}): a TensorRT engine carries no class list, so "
-                        "the runtime needs the JSON that 'edgeseg export' writes beside it")
-
-
-def read_sidecar(engine_path: str | Path) -> tuple[ModelMeta, str, str]:
-    """Read an engine's sidecar: its model card, and the TensorRT version and GPU name it was built with."""
-    candidate = find_sidecar(engine_path)
+    Installing the ``tensorrt-stubs`` package (type stubs only) leaves a bare ``tensorrt`` folder that imports as an
+    empty namespace package, so a successful import alone does not mean TensorRT is there: the real module has a
+    ``__version__``.
+    """
     try:
-        data = json.loads(candidate.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise MetadataError(f"{candidate}: unreadable engine sidecar ({err})") from err
-    if not isinstance(data, dict):
-        raise MetadataError(f"{candidate}: the engine sidecar must be a JSON object")
-    missing = [key for key in ("tensorrt_version", "gpu") if not data.get(key)]
-    if missing:
-        raise MetadataError(f"{candidate}: the engine sidecar lacks {', '.join(missing)}, so it cannot be checked "
-                            "against this machine; rebuild the engine with 'edgeseg export'")
-    build_version, build_gpu = str(data.pop("tensorrt_version")), str(data.pop("gpu"))
-    return ModelMeta.from_dict(data, source=str(candidate)), build_version, build_gpu
+        import tensorrt
+    except ImportError as err:
+        raise BackendUnavailable(f"{purpose} needs the tensorrt package, which is not installed here ({err}); "
+                                 f"{TENSORRT_HINT}") from None
+    if not getattr(tensorrt, "__version__", None):
+        raise BackendUnavailable(f"{purpose} needs the tensorrt package, but only its type stubs are installed "
+                                 f"here ({getattr(tensorrt, '__path__', 'tensorrt')}); {TENSORRT_HINT}")
 
 
 def _version_triple(version: str) -> tuple[int, ...]:
@@ -103,6 +92,11 @@ def numpy_dtype(trt_dtype) -> np.dtype:
     return np.dtype(TRT_DTYPES[name])
 
 
+def dims_tuple(dims: trt.Dims) -> tuple[int, ...]:
+    """A ``Dims`` as a tuple of ints (-1 = dynamic), by index: the stubs declare no ``__iter__`` on it."""
+    return tuple(int(dims[axis]) for axis in range(len(dims)))
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """One engine input or output as the engine declares it; -1 marks a dynamic dimension."""
@@ -113,8 +107,10 @@ class TensorInfo:
     shape: tuple[int, ...]
 
 
-def describe_tensors(engine, trt) -> list[TensorInfo]:
-    """The engine's I/O tensors in binding order, via the name-based API of TensorRT 10+."""
+def describe_tensors(engine: trt.ICudaEngine) -> list[TensorInfo]:
+    """The engine's I/O tensors in binding order, via the name-based API of TensorRT 10+ (unchanged in 11)."""
+    import tensorrt as trt
+
     tensors = []
     for index in range(engine.num_io_tensors):
         name = engine.get_tensor_name(index)
@@ -122,7 +118,7 @@ def describe_tensors(engine, trt) -> list[TensorInfo]:
             name=name,
             is_input=engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
             dtype=numpy_dtype(engine.get_tensor_dtype(name)),
-            shape=tuple(int(d) for d in engine.get_tensor_shape(name)),
+            shape=dims_tuple(engine.get_tensor_shape(name)),
         ))
     return tensors
 
@@ -139,15 +135,15 @@ class CudaRuntime:
 
     def __init__(self) -> None:
         try:
-            from cuda.bindings import runtime as cudart
+            from cuda.bindings import runtime as cudart  # pyright: ignore[reportMissingImports] (no stubs here)
         except ImportError:
             try:
-                from cuda import cudart  # cuda-python before 12.6 exposed the module here
+                from cuda import cudart  # pyright: ignore[reportMissingImports] (cuda-python before 12.6)
             except ImportError as err:
                 raise BackendUnavailable(f"TensorRT engines need the CUDA runtime bindings: {GPU_EXTRA}") from err
         self.cudart = cudart
 
-    def _check(self, result):
+    def _check(self, result) -> Any:
         err, *values = result if isinstance(result, tuple) else (result,)
         if err != self.cudart.cudaError_t.cudaSuccess:
             message = self.cudart.cudaGetErrorString(err)[1]
@@ -203,16 +199,15 @@ class EngineRunner:
 
     Args:
         engine: A deserialized ``ICudaEngine`` (or a stand-in with the same methods).
-        trt: The ``tensorrt`` module (for ``TensorIOMode``).
         cuda: A :class:`CudaRuntime` (or stand-in).
         input_name: Preferred input tensor (from the metadata); the only input is taken when it is absent.
         output_name: The output to return; others (auxiliary heads) get device buffers but are not copied back.
     """
 
-    def __init__(self, engine, trt, cuda, input_name: str, output_name: str) -> None:
+    def __init__(self, engine: trt.ICudaEngine, cuda: CudaRuntime, input_name: str, output_name: str) -> None:
         self.engine = engine
         self.cuda = cuda
-        self.tensors = describe_tensors(engine, trt)
+        self.tensors = describe_tensors(engine)
         inputs = [t for t in self.tensors if t.is_input]
         outputs = [t for t in self.tensors if not t.is_input]
         if len(inputs) != 1 or not outputs:
@@ -222,12 +217,18 @@ class EngineRunner:
         if input_name != self.input.name and input_name in {t.name for t in self.tensors}:
             raise MetadataError(f"metadata input {input_name!r} is an output of the engine")
         self.output = next((t for t in outputs if t.name == output_name), outputs[0])
-        self.context = engine.create_execution_context()
+        self._context: trt.IExecutionContext | None = engine.create_execution_context()
         self.stream = cuda.stream()
         self._shape: tuple[int, ...] | None = None
         self._lock = threading.Lock()  # one context and one set of buffers: concurrent callers take turns
         self._device: dict[str, int] = {}
         self._pinned: dict[str, tuple[int, np.ndarray]] = {}
+
+    @property
+    def context(self) -> trt.IExecutionContext:
+        if self._context is None:
+            raise ModelFormatError("the TensorRT engine runner is closed")
+        return self._context
 
     @property
     def max_batch(self) -> int | None:
@@ -250,7 +251,7 @@ class EngineRunner:
             raise ModelFormatError(f"engine input {self.input.name!r} rejects shape {shape}: outside its "
                                    "optimization profile")
         for tensor in self.tensors:
-            tensor_shape = shape if tensor.is_input else tuple(map(int, self.context.get_tensor_shape(tensor.name)))
+            tensor_shape = shape if tensor.is_input else dims_tuple(self.context.get_tensor_shape(tensor.name))
             if any(d < 0 for d in tensor_shape):
                 raise ModelFormatError(f"engine output {tensor.name!r} has a data-dependent shape {tensor_shape}")
             pointer = self.cuda.malloc(int(np.prod(tensor_shape)) * tensor.dtype.itemsize)
@@ -285,10 +286,9 @@ class EngineRunner:
     def close(self) -> None:
         with self._lock:
             self._release()
-        if self.stream is not None:
-            self.cuda.destroy_stream(self.stream)
-            self.stream = None
-        self.context = None
+            if self._context is not None:
+                self.cuda.destroy_stream(self.stream)
+                self._context = None  # the context goes before the engine, as TensorRT requires
 
 
 class TensorRTBackend(Backend):
@@ -302,42 +302,46 @@ class TensorRTBackend(Backend):
         if kind == "cpu":
             raise BackendUnavailable(f"{self.path}: TensorRT engines run only on an NVIDIA GPU, not on the cpu; "
                                      "run the ONNX export for CPU inference")
-        self.meta, built_version, built_gpu = read_sidecar(self.path)
-        try:
-            import tensorrt as trt
-        except ImportError as err:
-            raise BackendUnavailable(f"{self.path} is a TensorRT engine but TensorRT is not installed: "
-                                     f"{GPU_EXTRA}") from err
+        sidecar = read_sidecar(self.path)
+        self.meta = sidecar.meta
+        require_tensorrt(f"{self.path} is a TensorRT engine: running it")
+        import tensorrt as trt
+
         cuda = CudaRuntime()
         cuda.set_device(index)
-        check_engine_compatibility(self.path, built_version, built_gpu, trt.__version__, cuda.device_name(index))
+        check_engine_compatibility(self.path, sidecar.tensorrt_version, sidecar.gpu, trt.__version__,
+                                   cuda.device_name(index))
 
         self._logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self._logger, "")
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(Path(self.path).read_bytes())
-        if engine is None:
+        if engine is None:  # the stubs say ICudaEngine; the binding returns None when deserialization fails
             raise ModelFormatError(f"{self.path}: TensorRT could not deserialize the engine (see its log above)")
-        self._engine = engine
-        self._runner = EngineRunner(engine, trt, cuda, self.meta.input_name, self.meta.output_name)
-        self._apply_engine_io()
+        self._engine: trt.ICudaEngine | None = engine
+        runner = EngineRunner(engine, cuda, self.meta.input_name, self.meta.output_name)
+        self._runner: EngineRunner | None = runner
+        self._apply_engine_io(runner)
         self.device = f"cuda:{index}"
         self.providers = [f"tensorrt-{trt.__version__}:cuda:{index}"]
 
-    def _apply_engine_io(self) -> None:
+    def _apply_engine_io(self, runner: EngineRunner) -> None:
         """The engine is authoritative for dtype and static size; metadata that contradicts it is an error."""
-        tensor = self._runner.input
+        tensor = runner.input
         if tensor.dtype != np.dtype(self.meta.input_dtype):
             raise MetadataError(f"{self.path}: sidecar says input dtype {self.meta.input_dtype}, the engine takes "
                                 f"{tensor.dtype}")
         adopt_input_size(self.meta, tensor.shape, self.path, "sidecar", "engine")
-        self.max_batch = self._runner.max_batch
+        self.max_batch = runner.max_batch
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        if self._runner is None:
+            raise ModelFormatError(f"{self.path}: the TensorRT backend is closed")
         return self._runner.run(np.ascontiguousarray(batch))
 
     def close(self) -> None:
-        if getattr(self, "_runner", None) is not None:
-            self._runner.close()
+        runner = getattr(self, "_runner", None)
+        if runner is not None:
+            runner.close()
             self._runner = None
         self._engine = None
