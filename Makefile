@@ -6,12 +6,16 @@ BIN := $(VENV)/bin
 .PHONY: setup quickstart test lint
 
 # A CPU-only environment. torch 2.13.0 is the CPU wheel (no CUDA libraries to download); on a GPU host
-# install a CUDA build of torch first, then the same second line (see README.md).
+# install a CUDA build of torch first, then the same second line (see README.md). The last two lines give a local
+# tritonserver: the wheel's binary without its Python API's dependencies (it pins numpy<2), and numpy<2 for its
+# Python backend stub only (see runtime/backends/triton_server.py).
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[runtime,train,export,serve,dev]"
+	$(BIN)/pip install --quiet -e ".[runtime,train,export,serve,triton,dev]"
+	$(BIN)/pip install --quiet --no-deps "nvidia-pytriton==0.7.0"
+	$(BIN)/pip install --quiet --upgrade --target $(VENV)/triton-python "numpy<2"
 	# NVIDIA's TensorRT type stubs for `make test`'s type check; --no-deps because they require tensorrt itself
 	# (GPU hosts only), and in a folder of their own because the bare `tensorrt` folder they hold would import as
 	# an empty namespace package from site-packages.

@@ -19,7 +19,8 @@ GRAPH_OPTIONS = ("size", "batch", "dynamic", "opset", "precision", "calib", "cal
                  "calib_method", "int8_scheme", "fuse", "class_dtype")
 CHECK_OPTIONS = ("check", "check_data", "check_images", "min_agreement", "max_abs_error")
 ENGINE_OPTIONS = ("workspace", "timing_cache", "min_shape", "opt_shape", "max_shape", "gpu")
-TRITON_OPTIONS = ("name", "max_batch", "instances", "instance_kind", "preferred_batch", "max_queue_delay_us")
+TRITON_OPTIONS = ("name", "max_batch", "instances", "instance_kind", "preferred_batch", "max_queue_delay_us",
+                  "triton_backend")
 DEEPSTREAM_OPTIONS = ("name", "sources", "source", "segmentation_threshold", "gpu")
 
 

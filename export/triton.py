@@ -5,6 +5,11 @@ from the I/O list its sidecar recorded at build time), never restated from optio
 drift from the model. A graph whose batch axis is dynamic gets ``max_batch_size`` > 0 with the batch dim left out
 of ``dims`` and dynamic batching on; a fixed-batch graph gets ``max_batch_size: 0`` and its full shape.
 
+Three Triton backends serve the model: ``onnxruntime`` (``model.onnx``) and ``tensorrt`` (``model.plan``) for NGC's
+server on GPU hosts, and ``python``, whose ``model.py`` runs ``model.onnx`` with ONNX Runtime inside Triton's Python
+backend, so a server built without the ONNX Runtime backend (such as the one in the ``nvidia-pytriton`` wheel), or a
+CPU host, serves edgeseg models too. All three get the same ``config.pbtxt`` apart from the backend line.
+
 The repository folder of the model is assembled beside its final place and swapped in at the end, so a failed
 export leaves an existing model folder untouched.
 """
@@ -25,8 +30,12 @@ from .onnx_graph import TensorSpec
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8",
                 "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
-PLATFORMS = {".onnx": ("onnxruntime_onnx", "model.onnx"), ".engine": ("tensorrt_plan", "model.plan"),
-             ".plan": ("tensorrt_plan", "model.plan")}
+BACKENDS = {"onnxruntime": (".onnx",), "tensorrt": (".engine", ".plan"), "python": (".onnx",)}
+"""``--triton-backend`` choices and the model files each serves."""
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
+"""The ``platform`` line of the backends that have one (the python backend names its backend instead)."""
+PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
+"""The ``model.py`` of the python backend, copied verbatim beside ``model.onnx``."""
 INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 LABELS_FILE = "labels.txt"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -38,23 +47,30 @@ class TritonOptions:
 
     Attributes:
         name: Model name in the repository (default: the model's name from its metadata).
+        backend: ``onnxruntime``, ``tensorrt`` or ``python`` (None: onnxruntime for .onnx, tensorrt for engines).
         max_batch: ``max_batch_size`` for batch-dynamic graphs (None: the engine profile's max, or 8).
         instances: Model instances per device (``instance_group.count``).
         instance_kind: ``gpu`` or ``cpu``.
         preferred_batch: Batch size the dynamic batcher aims for (None: half of ``max_batch``, at least 1).
         max_queue_delay_us: How long the batcher may hold a request to fill a batch.
+        dynamic_batching: Whether Triton batches requests to a batch-dynamic graph (library only: benchmarks turn
+            it off to measure what it gains).
     """
 
     name: str | None = None
+    backend: str | None = None
     max_batch: int | None = None
     instances: int = 1
     instance_kind: str = "gpu"
     preferred_batch: int | None = None
     max_queue_delay_us: int = 100
+    dynamic_batching: bool = True
 
     def __post_init__(self) -> None:
         if self.name is not None and not _NAME_PATTERN.match(self.name):
             raise ConfigError(f"--name must be a folder-safe model name (letters, digits, _ . -), got {self.name!r}")
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ConfigError(f"--triton-backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.instance_kind not in INSTANCE_KINDS:
             raise ConfigError(f"--instance-kind must be one of {', '.join(INSTANCE_KINDS)}, got {self.instance_kind!r}")
         for label, value in (("--max-batch", self.max_batch), ("--instances", self.instances),
@@ -84,9 +100,9 @@ def _tensor_block(spec: TensorSpec, batched: bool, label_file: str | None) -> st
     return "\n".join(lines + ["  }"])
 
 
-def config_pbtxt(name: str, platform: str, io: list[TensorSpec], meta: ModelMeta, options: TritonOptions,
+def config_pbtxt(name: str, backend: str, io: list[TensorSpec], meta: ModelMeta, options: TritonOptions,
                  profile_max_batch: int | None = None) -> str:
-    """The text of config.pbtxt for a model whose real inputs/outputs are ``io``."""
+    """The text of config.pbtxt for a model whose real inputs/outputs are ``io``, served by ``backend``."""
     inputs = [spec for spec in io if spec.is_input]
     outputs = [spec for spec in io if not spec.is_input]
     batched = all(spec.shape and spec.shape[0] is None for spec in io)
@@ -96,14 +112,14 @@ def config_pbtxt(name: str, platform: str, io: list[TensorSpec], meta: ModelMeta
     max_batch = (options.max_batch or profile_max_batch or 8) if batched else 0
     if profile_max_batch is not None and batched and max_batch > profile_max_batch:
         raise ConfigError(f"--max-batch {max_batch} exceeds the engine's profile maximum of {profile_max_batch}")
-    lines = [f"name: {_quote(name)}", f"platform: {_quote(platform)}", f"max_batch_size: {max_batch}",
-             "input ["]
+    served_by = f"platform: {_quote(PLATFORMS[backend])}" if backend in PLATFORMS else f"backend: {_quote(backend)}"
+    lines = [f"name: {_quote(name)}", served_by, f"max_batch_size: {max_batch}", "input ["]
     lines.append(",\n".join(_tensor_block(spec, batched, None) for spec in inputs))
     lines += ["]", "output ["]
     lines.append(",\n".join(_tensor_block(spec, batched, LABELS_FILE if spec.name == meta.output_name else None)
                             for spec in outputs))
     lines.append("]")
-    if batched:
+    if batched and options.dynamic_batching:
         preferred = options.preferred_batch or max(1, max_batch // 2)
         if preferred > max_batch:
             raise ConfigError(f"--preferred-batch {preferred} exceeds max_batch_size {max_batch}")
@@ -134,7 +150,8 @@ def write_triton_repository(model_path: str | Path, repo: str | Path, meta: Mode
     """Copy a model into ``repo/<name>/1/`` with its config.pbtxt and labels file; returns the model folder.
 
     Args:
-        model_path: ``.onnx`` file, or ``.engine``/``.plan`` (served as ``model.plan``).
+        model_path: ``.onnx`` file, or ``.engine``/``.plan`` (served as ``model.plan``); ``options.backend`` python
+            adds ``model.py`` beside ``model.onnx``.
         repo: The model repository root (created if missing; other models in it are left alone).
         meta: The model card (from the ONNX metadata or the engine sidecar).
         io: The model's real inputs and outputs.
@@ -143,19 +160,26 @@ def write_triton_repository(model_path: str | Path, repo: str | Path, meta: Mode
     """
     options = options or TritonOptions()
     model_path = Path(model_path)
-    if model_path.suffix.lower() not in PLATFORMS:
+    suffix = model_path.suffix.lower()
+    if suffix not in (".onnx", ".engine", ".plan"):
         raise ModelFormatError(f"Triton serves .onnx, .engine or .plan files, not {model_path}")
-    platform, file_name = PLATFORMS[model_path.suffix.lower()]
+    backend = options.backend or ("onnxruntime" if suffix == ".onnx" else "tensorrt")
+    if suffix not in BACKENDS[backend]:
+        what = "a TensorRT engine (.engine/.plan, from --format engine)" if backend == "tensorrt" else "an .onnx model"
+        raise ConfigError(f"--triton-backend {backend} serves {what}, not {model_path.name}")
+    file_name = "model.plan" if backend == "tensorrt" else "model.onnx"
     name = options.name or meta.model
     if not _NAME_PATTERN.match(name):
         raise ConfigError(f"model name {name!r} is not folder-safe; choose one with --name")
-    config = config_pbtxt(name, platform, io, meta, options, profile_max_batch)
+    config = config_pbtxt(name, backend, io, meta, options, profile_max_batch)
     repo = Path(repo)
     repo.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
     try:
         (staging / "1").mkdir()
         shutil.copyfile(model_path, staging / "1" / file_name)
+        if backend == "python":
+            shutil.copyfile(PYTHON_MODEL, staging / "1" / "model.py")
         (staging / "config.pbtxt").write_text(config, encoding="utf-8")
         (staging / LABELS_FILE).write_text("\n".join(meta.classes) + "\n", encoding="utf-8")
         _swap_in(staging, repo / name)

@@ -8,9 +8,8 @@ Triton model repository; pre- and post-processing stay on this side, identical t
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -93,6 +92,11 @@ def meta_from_config(config: dict, address: TritonAddress) -> ModelMeta:
     return ModelMeta.from_json(text, source=str(address))
 
 
+def _one_line(err: Exception) -> str:
+    """A client error as one line (gRPC and greenlet errors span several), or its type when it says nothing."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 class TritonBackend(Backend):
     """A model on a Triton server; the server's config decides which GPU (instance_group), so ``device`` is auto."""
 
@@ -108,14 +112,24 @@ class TritonBackend(Backend):
         except ImportError as err:
             raise BackendUnavailable(f"{uri} needs the Triton client: pip install 'edgeseg[triton]' ({err})") from err
         self._grpc = self.address.protocol == "grpc"
-        # The gRPC client serves concurrent calls; the HTTP client holds a single connection, so calls take turns.
-        self._lock = contextlib.nullcontext() if self._grpc else threading.Lock()
-        self.client = self._connect()
-        config = self._model_config()
+        # The gRPC client serves concurrent calls from any thread. The HTTP client (geventhttpclient) holds one
+        # connection and works only in the thread that created it (elsewhere, e.g. in the video pipeline's inference
+        # thread, it fails with "Cannot switch to a different thread"), so every HTTP call, its creation and close
+        # included, runs in turn on one thread of its own.
+        self._http_thread = None if self._grpc else ThreadPoolExecutor(1, thread_name_prefix="edgeseg-triton-http")
+        try:
+            self.client = self._call(self._connect)
+            config = self._call(self._model_config)
+        except BaseException:
+            self.close()
+            raise
         self.meta = meta_from_config(config, self.address)
         self.max_batch = int(config.get("max_batch_size") or 0) or self.meta.batch
         self.device = self.address.url
         self.providers = [f"triton-{self.address.protocol}:{self.address.url}"]
+
+    def _call(self, function):
+        return function() if self._http_thread is None else self._http_thread.submit(function).result()
 
     def _connect(self):
         module = self._client_module
@@ -128,7 +142,7 @@ class TritonBackend(Backend):
                                                       network_timeout=INFER_TIMEOUT_S)
                 live = client.is_server_live()
         except Exception as err:  # socket, gRPC and client errors all mean the same thing to the user here
-            raise BackendUnavailable(f"cannot reach a Triton server at {self.address}: {err}".rstrip()) from err
+            raise BackendUnavailable(f"cannot reach a Triton server at {self.address}: {_one_line(err)}") from err
         if not live:
             raise BackendUnavailable(f"the Triton server at {self.address} answers but is not live")
         return client
@@ -141,7 +155,7 @@ class TritonBackend(Backend):
             else:
                 config = self.client.get_model_config(self.address.model, self.address.version)
         except Exception as err:
-            raise ModelFormatError(f"{self.address}: the server does not serve this model ({err})") from err
+            raise ModelFormatError(f"{self.address}: the server does not serve this model ({_one_line(err)})") from err
         return config.get("config", config)  # gRPC's JSON wraps the config, HTTP returns it bare
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -153,15 +167,20 @@ class TritonBackend(Backend):
         request.set_data_from_numpy(np.ascontiguousarray(batch))
         wanted = [module.InferRequestedOutput(self.meta.output_name)]
         timeout = {"client_timeout": INFER_TIMEOUT_S} if self._grpc else {}
+
+        def infer() -> np.ndarray:
+            result = self.client.infer(self.address.model, [request], model_version=self.address.version,
+                                       outputs=wanted, **timeout)
+            return result.as_numpy(self.meta.output_name)
+
         try:
-            with self._lock:
-                result = self.client.infer(self.address.model, [request], model_version=self.address.version,
-                                           outputs=wanted, **timeout)
+            return self._call(infer)
         except Exception as err:
-            raise BackendUnavailable(f"{self.address}: inference request failed ({err})") from err
-        return result.as_numpy(self.meta.output_name)
+            raise BackendUnavailable(f"{self.address}: inference request failed ({_one_line(err)})") from err
 
     def close(self) -> None:
         client, self.client = getattr(self, "client", None), None
         if client is not None:
-            client.close()
+            self._call(client.close)
+        if self._http_thread is not None:
+            self._http_thread.shutdown()
