@@ -14,8 +14,8 @@ setup:
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[runtime,train,export,serve,triton,dev]"
-	$(BIN)/pip install --quiet --no-deps "nvidia-pytriton==0.7.0"
-	$(BIN)/pip install --quiet --upgrade --target $(VENV)/triton-python "numpy<2"
+	$(BIN)/pip install --quiet --no-warn-conflicts --no-deps "nvidia-pytriton==0.7.0"
+	$(BIN)/pip install --quiet --no-warn-conflicts --upgrade --target $(VENV)/triton-python "numpy<2"
 	# NVIDIA's TensorRT type stubs for `make test`'s type check; --no-deps because they require tensorrt itself
 	# (GPU hosts only), and in a folder of their own because the bare `tensorrt` folder they hold would import as
 	# an empty namespace package from site-packages.

@@ -109,3 +109,22 @@ def test_existing_onnx_becomes_a_triton_repository_without_torch(tiny_onnx, tmp_
         # TensorRT is missing here: a clear one-line error (exit 1), not a crash on a torch import
         assert main(["export", model, "--format", "engine", "--out", str(out / "m.engine")]) == 1
     """, str(tiny_onnx.static), str(tmp_path)))
+
+
+def test_onnx_served_by_the_bundled_triton_without_torch(tiny_onnx, tmp_path):
+    """A CPU host without torch exports an .onnx for Triton's Python backend, starts the local server and uses it."""
+    check(run_without_torch("""
+        import sys
+        from pathlib import Path
+        import numpy as np
+        from edgeseg.cli import main
+        from edgeseg.runtime import Segmenter
+        from edgeseg.runtime.backends.triton_server import TritonServer
+
+        model, repo = sys.argv[1], Path(sys.argv[2]) / "repo"
+        assert main(["export", model, "--format", "triton", "--out", str(repo), "--name", "tiny",
+                     "--triton-backend", "python", "--instance-kind", "cpu"]) == 0
+        image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        with TritonServer(repo) as server, Segmenter.load(server.uri("tiny")) as remote, Segmenter.load(model) as here:
+            assert np.array_equal(remote.segment(image), here.segment(image))
+    """, str(tiny_onnx.fused), str(tmp_path)))
