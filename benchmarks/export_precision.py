@@ -30,16 +30,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeseg.export.check import DEFAULT_MIN_AGREEMENT, check_parity, randomize_for_parity
-from edgeseg.export.onnx_export import OnnxOptions, export_onnx, parse_hw
-from edgeseg.export.precision import ImageCalibrationReader, load_calibration_images
+from edgeseg.export.api import ExportOptions, export_checkpoint
+from edgeseg.export.check import DEFAULT_MIN_AGREEMENT, randomize_for_parity
+from edgeseg.export.precision import load_calibration_images
 from edgeseg.runtime.bench import latency_summary
 from edgeseg.runtime.datasets import open_dataset
 from edgeseg.runtime.evaluate import evaluate
 from edgeseg.runtime.io import write_json_atomic, write_text_atomic
 from edgeseg.runtime.segmenter import Segmenter
+from edgeseg.runtime.sizes import parse_size
 from edgeseg.runtime.sysinfo import describe_machine, format_machine
-from edgeseg.training.checkpoint import build_model_from_card, load_checkpoint, model_card, save_checkpoint
+from edgeseg.training.checkpoint import load_checkpoint, model_card, save_checkpoint
 from edgeseg.training.models import create_model, list_models
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -63,11 +64,8 @@ def header(title: str, description: str, machine: dict) -> list[str]:
             "Machine:", "", *(f"    {line}" for line in format_machine(machine).splitlines()), ""]
 
 
-def export_variant(model, card, checkpoint: Path, options: OnnxOptions, path: Path, calib_images=None):
-    calibration = None
-    if options.precision == "int8":
-        calibration = lambda meta: ImageCalibrationReader(calib_images, meta, options.size)  # noqa: E731
-    return export_onnx(model, card, options, path, checkpoint.name, calibration)
+def quiet(line: str) -> None:
+    """Export progress is not part of the benchmark's output."""
 
 
 def class_ids(segmenter: Segmenter, images: list[np.ndarray]) -> np.ndarray:
@@ -96,22 +94,23 @@ def precision_study(args) -> None:
     workdir = Path(args.work_dir or tempfile.mkdtemp(prefix="edgeseg-precision-"))
     workdir.mkdir(parents=True, exist_ok=True)
     val = open_dataset(args.data, "val")
-    calib_images = load_calibration_images(args.data, "train", args.calib_images)
+    calib_images = load_calibration_images(args.data, "train", args.calib_images)  # fails early; the count is reported
     limit = min(args.limit or len(val), len(val))
     agreement_images = [val.read_image(i) for i in range(min(limit, args.agreement_images))]
     for checkpoint in map(Path, args.checkpoints):
         card = load_checkpoint(checkpoint)
-        model = build_model_from_card(card).eval()
-        size = parse_hw(args.size) if args.size else tuple(card["input_size"])
+        size = parse_size(args.size, "--size") if args.size else tuple(card["input_size"])
         name = card["model"]["name"]
         segmenters, row = {}, {"checkpoint": str(checkpoint), "model": name, "size": list(size),
                                 "trained_metrics": card.get("metrics", {}), "precisions": {}}
         for precision, (graph_precision, scheme) in VARIANTS.items():
             path = workdir / f"{name}_{size[0]}x{size[1]}_{precision}.onnx"
             started = time.perf_counter()
-            export_variant(model, card, checkpoint, OnnxOptions(size=size, precision=graph_precision,
-                                                                calib_method=args.calib_method, int8_scheme=scheme),
-                           path, calib_images)
+            int8 = {"calib": args.data, "calib_images": args.calib_images, "calib_method": args.calib_method,
+                    "int8_scheme": scheme}
+            export_checkpoint(checkpoint, "onnx", ExportOptions(size=size, precision=graph_precision,
+                                                                **(int8 if graph_precision == "int8" else {})),
+                              out=path, log=quiet)
             export_s = time.perf_counter() - started
             segmenters[precision] = Segmenter.load(path, device="cpu")
             scores = evaluate(segmenters[precision], val, limit=limit, progress=False)
@@ -179,25 +178,23 @@ def students_parity(args) -> None:
     workdir = Path(args.work_dir or tempfile.mkdtemp(prefix="edgeseg-students-"))
     workdir.mkdir(parents=True, exist_ok=True)
     val = open_dataset(args.data, "val")
-    images = load_calibration_images(args.data, "val", args.check_images)
-    size = parse_hw(args.size) if args.size else (360, 480)
+    images = load_calibration_images(args.data, "val", args.check_images)  # fails early; the count is reported
+    size = parse_size(args.size, "--size") if args.size else (360, 480)
     threshold = DEFAULT_MIN_AGREEMENT["fp32"]
     rows = []
     for name in list_models(role="student"):
         trained = Path(args.checkpoint_dir) / f"{name}.pt" if args.checkpoint_dir else None
         checkpoint = trained if trained and trained.is_file() else random_checkpoint(name, workdir, size, val.classes)
-        card = load_checkpoint(checkpoint)
-        model = build_model_from_card(card).eval()
-        for dynamic in (None, "all"):
+        for dynamic in ("none", "all"):
             for fuse in ("none", "all"):
-                options = OnnxOptions(size=size, dynamic=dynamic, fuse=fuse)
-                path = workdir / f"{name}_{dynamic or 'static'}_{fuse}.onnx"
+                options = ExportOptions(size=size, dynamic=dynamic, fuse=fuse, check=True, check_data=args.data,
+                                        check_images=args.check_images, min_agreement=threshold)
+                path = workdir / f"{name}_{'static' if dynamic == 'none' else dynamic}_{fuse}.onnx"
                 started = time.perf_counter()
                 row = {"model": name, "checkpoint": "trained" if checkpoint == trained else "random",
-                       "dynamic": dynamic or "none", "fuse": fuse}
+                       "dynamic": dynamic, "fuse": fuse}
                 try:
-                    export_variant(model, card, checkpoint, options, path)
-                    results = check_parity(model, path, card, images, size, threshold)
+                    results = export_checkpoint(checkpoint, "onnx", options, out=path, log=quiet).parity
                     row["sizes"] = [{"size": list(r.size), "agreement": r.agreement,
                                      "max_abs_error": r.max_abs_error} for r in results]
                     row["passed"] = all(r.passed for r in results)

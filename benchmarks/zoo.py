@@ -216,20 +216,17 @@ class ZooRun:
 
     def export(self, checkpoint: ZooCheckpoint, size: tuple[int, int], precision: str) -> Path:
         """The fused ONNX file for this checkpoint, size and precision; reused while its fingerprint matches."""
-        from edgeseg.export.onnx_export import OnnxOptions, export_onnx
-        from edgeseg.export.precision import ImageCalibrationReader
+        from edgeseg.export.api import ExportOptions, export_checkpoint
 
         path = self.work / "onnx" / f"{safe_name(checkpoint.label)}_{size_text(size)}_{precision}_fused.onnx"
         tag = path.with_name(path.name + ".fingerprint")
         expected = fingerprint(checkpoint.sha256, size, precision, self.settings.export_part(precision))
         if path.is_file() and tag.is_file() and tag.read_text().strip() == expected:
             return path
-        options = OnnxOptions(size=size, precision=precision, fuse=FUSE, calib_method=self.settings.calib_method)
-        calibration = None
-        if precision == "int8":
-            images = self.calibration_images()
-            calibration = lambda meta: ImageCalibrationReader(images, meta, size)  # noqa: E731
-        export_onnx(checkpoint.model(), checkpoint.card, options, path, checkpoint.path.name, calibration)
+        int8 = {"calib": self.settings.data, "calib_split": self.settings.calib_split,
+                "calib_images": self.settings.calib_images, "calib_method": self.settings.calib_method}
+        options = ExportOptions(size=size, precision=precision, fuse=FUSE, **(int8 if precision == "int8" else {}))
+        export_checkpoint(checkpoint.path, "onnx", options, out=path, log=lambda line: None)
         write_text_atomic(tag, expected + "\n")  # written last: an interrupted export is redone
         self.exports_done += 1
         return path

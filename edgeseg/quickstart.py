@@ -104,12 +104,17 @@ def _model_rows(out: Path, teacher: Path) -> dict[str, Path]:
 
 
 def export_models(out: Path, checkpoints: dict[str, Path], force: bool) -> dict[str, Path]:
+    from edgeseg.export.api import ExportOptions, export_checkpoint
+
+    options = ExportOptions(fuse="all", check=True, check_data="camvid", check_images=4)
     exported = {}
     for role, checkpoint in checkpoints.items():
         target = out / "onnx" / f"{role.split()[0].lower().replace('+', '_')}.onnx"
         if force or not target.is_file():
-            _quiet_cli(["export", str(checkpoint), "--format", "onnx", "--fuse", "all", "--out", str(target),
-                        "--check", "--check-data", "camvid", "--check-images", "4"])
+            result = export_checkpoint(checkpoint, "onnx", options, out=target, log=lambda line: None)
+            if not result.passed:
+                raise RuntimeError(f"the export of {checkpoint} fails its parity check: "
+                                   + "; ".join(r.describe() for r in result.parity))
             print(f"    {role}: {target} (parity check passed)")
         exported[role] = target
     return exported

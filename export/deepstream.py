@@ -14,12 +14,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeseg.runtime.errors import ConfigError
 from edgeseg.runtime.io import write_text_atomic
 from edgeseg.runtime.metadata import ModelMeta
 
 from .onnx_graph import TensorSpec
+
+if TYPE_CHECKING:
+    from .api import ExportJob, ExportResult
 
 NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}
 DEFAULT_SOURCE = "file:///opt/nvidia/deepstream/deepstream/samples/streams/sample_720p.mp4"
@@ -176,3 +180,31 @@ def write_deepstream_configs(folder: str | Path, meta: ModelMeta, onnx_name: str
                               nvinfer_config(meta, onnx_name, batch, output, labels.name, options))
     app = write_text_atomic(folder / f"deepstream_app_{name}.txt", app_config(meta, infer.name, options))
     return infer, app, labels
+
+
+def run(job: ExportJob) -> ExportResult:
+    """``--format deepstream``: the checkpoint exported for nvinfer (checked when asked), then both configs."""
+    from .api import ExportResult
+
+    opts = job.options
+    if opts.int8_scheme == "cpu":
+        raise ConfigError("--int8-scheme cpu writes Q/DQ that TensorRT does not build, and --format deepstream "
+                          "needs TensorRT: use --int8-scheme tensorrt")
+    if opts.fuse != "none":
+        raise ConfigError("--format deepstream cannot take --fuse: nvinfer feeds float NCHW planes and does the "
+                          "segmentation argmax itself")
+    if opts.dynamic in ("hw", "all"):
+        raise ConfigError("--format deepstream needs a fixed input size (nvinfer's infer-dims): drop --dynamic "
+                          "hw/all and choose it with --size")
+    options = DeepStreamOptions(name=opts.name, sources=opts.sources, source_uris=list(opts.source or []),
+                                segmentation_threshold=(DEFAULT_THRESHOLD if opts.segmentation_threshold is None
+                                                        else opts.segmentation_threshold), gpu=opts.gpu)
+    folder = job.out or job.source.parent / "deepstream"
+    graph = job.export_graph(out_dir=folder, default_batch=opts.sources, channel_rescale=True)
+    if not graph.passed:
+        return job.failed(graph, "DeepStream configs")
+    output = next(spec for spec in graph.onnx.io if not spec.is_input)
+    infer, app, labels = write_deepstream_configs(folder, graph.onnx.meta, graph.onnx.path.name, output, options)
+    job.log(f"wrote {infer}, {app} and {labels}")
+    return ExportResult("deepstream", folder, True, graph.onnx, graph.parity,
+                        [f"run it: cd {folder} && deepstream-app -c {app.name}"])

@@ -1,20 +1,30 @@
-"""The table of export formats: one row per format drives ``edgeseg export --help``, option validation and the README.
+"""The table of export formats: one row per format drives ``edgeseg export --help``, option validation, the README
+and the export itself (the row names the function that writes the format).
 
 Every option of ``edgeseg export`` belongs to a group, and each format lists the groups it accepts. An option that a
 format does not take is *rejected* with a message that names the formats which do take it; nothing is silently
 dropped or rewritten, so the file a user gets is always the file they asked for.
+
+Adding a format is one module with a ``run(job: ExportJob) -> ExportResult`` function (see :mod:`.api`) and one row
+here; options it needs beyond the groups below are fields of :class:`~.api.ExportOptions` plus their flags.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edgeseg.runtime.errors import ConfigError
+
+if TYPE_CHECKING:
+    from .api import ExportJob, ExportResult
 
 DEFAULT_OPSET = 17
 """The newest opset that ONNX Runtime, OpenCV DNN and TensorRT 10.3 (JetPack 6) all read; see onnx_export."""
 
-# Option groups, by argparse ``dest``. Defaults live in commands.py; validation compares against them.
+# Option groups, by ``dest``. Defaults live in api.ExportOptions; validation compares against them.
 GRAPH_OPTIONS = ("size", "batch", "dynamic", "opset", "precision", "calib", "calib_split", "calib_images",
                  "calib_method", "int8_scheme", "fuse", "class_dtype")
 CHECK_OPTIONS = ("check", "check_data", "check_images", "min_agreement", "max_abs_error")
@@ -36,6 +46,8 @@ class ExportFormat:
         requires: Packages beyond the export extra, or ``""``.
         summary: One line for the help table.
         options: ``dest`` names of the options this format takes.
+        runner: ``module:function`` in ``edgeseg.export`` that writes the format, imported only when used (so
+            ``--help`` needs neither torch nor TensorRT).
     """
 
     name: str
@@ -45,21 +57,26 @@ class ExportFormat:
     requires: str
     summary: str
     options: frozenset[str]
+    runner: str
+
+    def load_runner(self) -> Callable[[ExportJob], ExportResult]:
+        module, function = self.runner.split(":")
+        return getattr(importlib.import_module(f"edgeseg.export.{module}"), function)
 
 
 FORMATS: tuple[ExportFormat, ...] = (
     ExportFormat("onnx", ".onnx", (".pt",), False, "",
                  "ONNX graph with edgeseg metadata; runs in the torch-free runtime, OpenCV DNN, Triton",
-                 frozenset(GRAPH_OPTIONS + CHECK_OPTIONS)),
+                 frozenset(GRAPH_OPTIONS + CHECK_OPTIONS), "onnx_export:run"),
     ExportFormat("engine", ".engine (+ .json sidecar)", (".pt", ".onnx"), True, "tensorrt>=10.3",
                  "TensorRT plan built on this GPU from the precision-carrying ONNX (strongly typed network)",
-                 frozenset(GRAPH_OPTIONS + CHECK_OPTIONS + ENGINE_OPTIONS)),
+                 frozenset(GRAPH_OPTIONS + CHECK_OPTIONS + ENGINE_OPTIONS), "tensorrt_build:run"),
     ExportFormat("triton", "folder (model repository)", (".pt", ".onnx", ".engine", ".plan"), False, "",
                  "Triton model repository: model.onnx or model.plan, config.pbtxt, labels.txt",
-                 frozenset(GRAPH_OPTIONS + CHECK_OPTIONS + TRITON_OPTIONS)),
+                 frozenset(GRAPH_OPTIONS + CHECK_OPTIONS + TRITON_OPTIONS), "triton:run"),
     ExportFormat("deepstream", "folder (nvinfer + deepstream-app configs)", (".pt",), False, "",
                  "DeepStream nvinfer segmentation config and a deepstream-app config for N sources",
-                 frozenset(GRAPH_OPTIONS + CHECK_OPTIONS + DEEPSTREAM_OPTIONS)),
+                 frozenset(GRAPH_OPTIONS + CHECK_OPTIONS + DEEPSTREAM_OPTIONS), "deepstream:run"),
 )
 
 FORMAT_NAMES = tuple(fmt.name for fmt in FORMATS)

@@ -21,7 +21,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -36,6 +36,9 @@ from edgeseg.runtime.sizes import parse_size
 from .formats import DEFAULT_OPSET
 from .onnx_graph import TensorSpec, graph_io, save_onnx, set_metadata
 from .precision import INT8_SCHEMES
+
+if TYPE_CHECKING:
+    from .api import ExportJob, ExportResult
 
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear and Resize-13
 EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript tracer)"
@@ -342,7 +345,7 @@ class OnnxExport:
 
 
 def export_onnx(model: nn.Module, card: dict, options: OnnxOptions, path: str | Path, checkpoint_name: str,
-                calibration: Callable[[ModelMeta], object] | None = None) -> OnnxExport:
+                calibration_images: list[np.ndarray] | None = None) -> OnnxExport:
     """Export a network to ``path`` at the requested precision, with its metadata.
 
     Args:
@@ -351,8 +354,8 @@ def export_onnx(model: nn.Module, card: dict, options: OnnxOptions, path: str | 
         options: Graph options.
         path: Target ``.onnx`` file.
         checkpoint_name: Recorded in the metadata so a deployed file names its origin.
-        calibration: For INT8, a callable that returns a CalibrationDataReader for the graph described by the
-            ModelMeta it is given (so the reader prepares inputs exactly as that graph expects).
+        calibration_images: For INT8, RGB uint8 images; they are prepared exactly as the exported graph expects
+            its inputs (:class:`~.precision.ImageCalibrationReader`).
 
     Raises:
         ConfigError: the model cannot take the size, or INT8 without calibration data.
@@ -374,11 +377,12 @@ def export_onnx(model: nn.Module, card: dict, options: OnnxOptions, path: str | 
         notes.append("FP16 graph with FP32 inputs/outputs; ops outside the FP16 allow-list (resize, pooling to "
                      "1x1, reductions, argmax) kept in FP32")
     elif options.precision == "int8":
-        if calibration is None:
+        if not calibration_images:
             raise ConfigError("--precision int8 needs calibration images: add --calib DATASET[:ROOT] "
                               "(e.g. --calib camvid for the embedded sample)")
         with tempfile.TemporaryDirectory(prefix="edgeseg-int8-") as workdir:
-            graph, excluded = precision_mod.quantize_int8(graph, calibration(meta), Path(workdir),
+            reader = precision_mod.ImageCalibrationReader(calibration_images, meta, options.size)
+            graph, excluded = precision_mod.quantize_int8(graph, reader, Path(workdir),
                                                           calib_method=options.calib_method,
                                                           scheme=options.int8_scheme)
         form = "U8S8, asymmetric activations" if options.int8_scheme == "cpu" else "S8S8, symmetric"
@@ -389,3 +393,13 @@ def export_onnx(model: nn.Module, card: dict, options: OnnxOptions, path: str | 
     set_metadata(graph, meta)
     save_onnx(graph, path)
     return OnnxExport(Path(path), meta, graph_io(graph), notes)
+
+
+def run(job: ExportJob) -> ExportResult:
+    """``--format onnx``: the checkpoint's graph, checked when asked."""
+    from .api import ExportResult
+
+    graph = job.export_graph(job.out)
+    path = graph.onnx.path
+    steps = [f"next: edgeseg eval {path} --data camvid   |   edgeseg bench {path}"] if graph.passed else []
+    return ExportResult("onnx", path, graph.passed, graph.onnx, graph.parity, steps)

@@ -32,6 +32,8 @@ from .onnx_graph import TensorSpec, graph_io, load_onnx, read_metadata
 if TYPE_CHECKING:  # TensorRT's classes in annotations, checked against tensorrt-stubs
     import tensorrt as trt
 
+    from .api import ExportJob, ExportResult
+
 BUILD_PURPOSE = "building a TensorRT engine"
 DEFAULT_WORKSPACE_GB = 4.0
 DEFAULT_MAX_BATCH = 8
@@ -277,3 +279,32 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: Engine
         built=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     write_engine(engine_path, bytes(serialized), sidecar)
     return EngineBuild(engine_path, sidecar, command, profile)
+
+
+def run(job: ExportJob) -> ExportResult:
+    """``--format engine``: from a checkpoint (exported and checked first) or an exported ``.onnx``."""
+    from .api import ExportResult
+
+    opts = job.options
+    if opts.int8_scheme == "cpu":
+        raise ConfigError("--int8-scheme cpu writes Q/DQ that TensorRT does not build, and --format engine needs "
+                          "TensorRT: use --int8-scheme tensorrt")
+    shapes = {key: None if value is None else parse_shape(value, f"--{key}-shape") if isinstance(value, str)
+              else tuple(value) for key, value in (("min", opts.min_shape), ("opt", opts.opt_shape),
+                                                   ("max", opts.max_shape))}
+    options = EngineOptions(workspace_gb=opts.workspace, timing_cache=Path(opts.timing_cache) if opts.timing_cache
+                            else None, min_shape=shapes["min"], opt_shape=shapes["opt"], max_shape=shapes["max"],
+                            gpu=opts.gpu)
+    require_tensorrt(BUILD_PURPOSE)  # fail before a long export when TensorRT is missing
+    graph = size = None
+    if job.source.suffix.lower() == ".pt":
+        graph = job.export_graph(job.out.with_suffix(".onnx") if job.out else None)
+        if not graph.passed:
+            return job.failed(graph, "engine")
+        onnx_path, size = graph.onnx.path, graph.options.size
+    else:
+        onnx_path = job.source
+    build = build_engine(onnx_path, job.out or onnx_path.with_suffix(".engine"), options, size=size, log=job.log)
+    job.log(f"wrote {build.engine} and {build.sidecar.path}")
+    return ExportResult("engine", build.engine, True, graph and graph.onnx, graph.parity if graph else [],
+                        [f"same build with trtexec:\n  {build.trtexec}"])

@@ -16,17 +16,20 @@ export leaves an existing model folder untouched.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeseg.runtime.errors import ConfigError, ModelFormatError
 from edgeseg.runtime.metadata import METADATA_KEY, ModelMeta
 
 from .onnx_graph import TensorSpec
+
+if TYPE_CHECKING:
+    from .api import ExportJob, ExportResult
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8",
                 "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
@@ -189,18 +192,34 @@ def write_triton_repository(model_path: str | Path, repo: str | Path, meta: Mode
     return repo / name
 
 
-def engine_io(sidecar: dict, source: str | Path = "the engine sidecar") -> tuple[list[TensorSpec], int | None]:
-    """I/O specs and the profile's max batch recorded in an engine sidecar (written by tensorrt_build)."""
-    if "io" not in sidecar:
-        raise ModelFormatError(f"{source} has no 'io' list; rebuild the engine with 'edgeseg export'")
-    specs = [TensorSpec(t["name"], t["dtype"], tuple(t["shape"]), t["mode"] == "input") for t in sidecar["io"]]
-    profile = sidecar.get("profile") or {}
-    max_batches = [shapes["max"][0] for shapes in profile.values()]
-    return specs, (max(max_batches) if max_batches else None)
+def run(job: ExportJob) -> ExportResult:
+    """``--format triton``: a repository for a checkpoint (exported batch-dynamic, checked when asked), an exported
+    ``.onnx``, or an engine (its I/O and profile read from the sidecar)."""
+    from edgeseg.runtime.backends.engine_sidecar import read_sidecar
 
+    from .api import ExportResult
+    from .onnx_graph import graph_io, load_onnx, read_metadata
 
-def read_sidecar_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelFormatError(f"cannot read engine sidecar {path}: {err}") from err
+    opts = job.options
+    options = TritonOptions(name=opts.name, max_batch=opts.max_batch, instances=opts.instances,
+                            instance_kind=opts.instance_kind, preferred_batch=opts.preferred_batch,
+                            max_queue_delay_us=opts.max_queue_delay_us, backend=opts.triton_backend)
+    repo = job.out or job.source.parent / "triton"
+    suffix = job.source.suffix.lower()
+    graph = None
+    if suffix in (".engine", ".plan"):
+        sidecar = read_sidecar(job.source)
+        io = [TensorSpec.from_dict(tensor) for tensor in sidecar.require_io()]
+        folder = write_triton_repository(job.source, repo, sidecar.meta, io, options, sidecar.profile_max_batch)
+    elif suffix == ".onnx":
+        folder = write_triton_repository(job.source, repo, read_metadata(job.source),
+                                         graph_io(load_onnx(job.source)), options)
+    else:
+        with tempfile.TemporaryDirectory(prefix="edgeseg-triton-") as workdir:
+            graph = job.export_graph(Path(workdir) / "model.onnx", default_dynamic="batch")
+            if not graph.passed:
+                return job.failed(graph, "repository")
+            folder = write_triton_repository(graph.onnx.path, repo, graph.onnx.meta, graph.onnx.io, options)
+    job.log(f"wrote Triton model {folder} (config.pbtxt, labels.txt, 1/)")
+    return ExportResult("triton", folder, True, graph and graph.onnx, graph.parity if graph else [],
+                        [f"serve it: tritonserver --model-repository {repo}"])

@@ -32,7 +32,6 @@ from edgeseg.training.checkpoint import load_checkpoint, model_card, save_checkp
 from edgeseg.training.models import create_model
 
 SIZE = (64, 96)
-STUDENTS = ("deeplabv3_resnet18", "lraspp_mobilenetv3_large")
 
 
 def make_checkpoint(folder, name: str, seed: int = 0):
@@ -202,19 +201,6 @@ def test_real_student_fp32_parity_and_opencv(tmp_path, sample_images, capsys):
     batch = segmenter.prepare(sample_images[:1])
     net.setInput(batch)
     assert (net.forward().argmax(1) == segmenter.class_ids(segmenter.run(batch))).mean() >= 0.999
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", STUDENTS)
-@pytest.mark.parametrize("dynamic", ["none", "all"])
-@pytest.mark.parametrize("fuse", ["none", "all"])
-def test_students_pass_parity_static_dynamic_fused(tmp_path_factory, name, dynamic, fuse, capsys):
-    folder = tmp_path_factory.mktemp(name)
-    checkpoint, _ = make_checkpoint(folder, name)
-    assert main(["export", str(checkpoint), "--dynamic", dynamic, "--fuse", fuse, "--check",
-                 "--check-images", "4"]) == 0
-    agreements = agreement_lines(capsys.readouterr().out)
-    assert len(agreements) == (2 if dynamic == "all" else 1) and min(agreements) >= 0.999
 
 
 class OddSizeRefuser(nn.Module):
