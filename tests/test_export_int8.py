@@ -25,9 +25,12 @@ from edgeseg.training.checkpoint import model_card, save_checkpoint
 from edgeseg.training.models import create_model
 
 SIZE = (64, 96)
-MIN_AGREEMENT = 0.9
-"""Below the 0.95 default on purpose: the 16-channel tiny network with random weights quantises far worse than a
-trained student (about 94% argmax agreement here); the test is about the Q/DQ form and the pipeline."""
+MIN_AGREEMENT = 0.8
+"""Far below the 0.95 default on purpose: the 16-channel tiny network with random weights quantises far worse than a
+trained student, and how much worse depends on the machine: about 94% argmax agreement where these tests were
+written, 87.7-88.8% on an AVX2-only AMD EPYC at the same commit (neither ONNX Runtime 1.31, OpenCV 4, numpy 2.3 nor
+onnx 1.22 changed that; ONNX Runtime's int8 kernels differ by CPU). The test is about the Q/DQ form and the
+pipeline."""
 
 
 def export_int8(checkpoint, path, *options: str, calib_images: int = 8, check_images: int = 4) -> int:
