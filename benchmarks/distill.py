@@ -119,7 +119,7 @@ class Ledger:
     def record(self, method: str, seed: int, teacher: str, final: dict, source: str) -> None:
         from edgeseg.runtime.io import write_json_atomic
 
-        entry = {**self.stamp(method, seed, teacher), "final": final, "source": source,
+        entry = {**self.stamp(method, seed, teacher), "final": final, "source": source, "packages": _packages(),
                  "recorded": time.strftime("%Y-%m-%d")}
         with self._locked():
             entries = self._read()
@@ -128,6 +128,15 @@ class Ledger:
                 return
             entries[f"{method}_s{seed}"] = entry
             write_json_atomic(self.path, dict(sorted(entries.items())))
+
+
+def _packages() -> str:
+    """The versions a run's numbers depend on beyond its config (recorded, not matched: the base's score guards)."""
+    import cv2
+    import numpy
+    import torch
+
+    return f"torch {torch.__version__}, numpy {numpy.__version__}, opencv {cv2.__version__}"
 
 
 def ledger_path(results: Path) -> Path:
@@ -359,7 +368,7 @@ def summarize(args, runs: Path, timings: dict | None, teacher: dict, plain_confi
     classes = teacher["num_classes"]
     teacher = {**teacher, **model_costs({"name": teacher["model"], "kwargs": teacher["kwargs"]}, classes, size)}
     return {**provenance("benchmarks/distill.py"), "machine": machine(), "protocol": args.protocol,
-            "teacher": teacher,
+            "base_miou": base_miou(args.protocol), "packages": _packages(), "teacher": teacher,
             "student": {"model": student["name"], "kwargs": student["kwargs"],
                         **model_costs(student, classes, size)},
             "seeds": args.seeds, "pooled_std": spread,
@@ -407,7 +416,10 @@ def to_markdown(summary: dict) -> str:
         f"config `{teacher.get('trained_with')}`), val mIoU {_pct(teacher['miou'])}{_costs(teacher)}",
         f"- student: {_model_name(summary['student']['model'], summary['student']['kwargs'])}"
         f"{_costs(summary['student'])}",
-        f"- seeds: {summary['seeds']}; configs: `configs/distill/{summary['protocol']}/<method>.yaml`", "",
+        f"- seeds: {summary['seeds']}; configs: `configs/distill/{summary['protocol']}/<method>.yaml`",
+        *([f"- warm-start base (`base.yaml`, every arm starts from it): val mIoU {_pct(summary['base_miou'])}"]
+          if summary.get("base_miou") is not None else []),
+        f"- packages: {summary.get('packages', 'not recorded')}", "",
         "mIoU in percent, mean ± std over seeds, each run's final checkpoint (no best-of selection), scored on val; "
         "gain = method mean - plain mean with Welch's 95% interval and two-sided p-value; MDE = the smallest gain "
         "this design detects with 80% power at alpha 0.05, from the pooled spread of all arms; an interval that "
