@@ -10,8 +10,6 @@ settings changed).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import shutil
 import time
@@ -66,18 +64,6 @@ def _stage(index: int, name: str, detail: str = "") -> float:
 
 def _done(started: float, what: str) -> None:
     print(f"    {what} ({time.perf_counter() - started:.0f} s)", flush=True)
-
-
-def _quiet_cli(argv: list[str]) -> str:
-    """Run an edgeseg subcommand in-process; return its stdout (progress bars still reach stderr)."""
-    from edgeseg.cli import main
-
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        code = main(argv)
-    if code != 0:
-        raise RuntimeError(f"'edgeseg {' '.join(argv)}' failed with exit code {code}:\n{buffer.getvalue()}")
-    return buffer.getvalue()
 
 
 def train_student(out: Path, iterations: int, teacher: Path | None, force: bool) -> dict:
@@ -158,14 +144,17 @@ def time_models(out: Path, exported: dict[str, Path], iters: int, force: bool) -
 
 def segment_clip(out: Path, model: Path, force: bool) -> dict:
     from edgeseg.runtime.io import write_json_atomic
+    from edgeseg.runtime.video import segment_video
+    from edgeseg.runtime.video.pipeline import INCOMPLETE_ENDINGS
 
     target = out / "video.mp4"
     summary_path = out / "video.json"
     if target.is_file() and summary_path.is_file() and not force:
         return json.loads(summary_path.read_text())
     frames = SAMPLE / "images" / "val"  # 26 consecutive-ish frames of CamVid's 0016E5 sequence
-    lines = _quiet_cli(["video", str(model), str(frames), "--out", str(target), "--json", "--legend"])
-    summary = json.loads(lines.strip().splitlines()[-1])
+    summary = segment_video(model, str(frames), str(target), legend=True)
+    if summary["ended_by"] in INCOMPLETE_ENDINGS:
+        raise RuntimeError(f"video of {frames}: {INCOMPLETE_ENDINGS[summary['ended_by']]}")
     write_json_atomic(summary_path, summary)
     print(f"    {summary['frames']} frames -> {target} at {summary['fps']:.1f} FPS")
     return summary

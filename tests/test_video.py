@@ -21,6 +21,7 @@ from edgeseg.runtime.metadata import ModelMeta
 from edgeseg.runtime.preprocess import resize_labels
 from edgeseg.runtime.video import (STAGES, ImageSequenceSink, OverlayRenderer, ReconnectPolicy, VideoFileSink,
                                    VideoPipeline, VideoSink, VideoSource, open_sink, open_source, parse_source)
+from edgeseg.runtime.video.pipeline import INCOMPLETE_ENDINGS
 from edgeseg.runtime.video.sinks import opencv_has_gui
 from edgeseg.runtime.video.sources import _ffmpeg_url, gstreamer_pipeline, opencv_has_gstreamer
 
@@ -532,3 +533,15 @@ def test_first_open_of_a_live_source_is_retried_and_a_file_is_not():
     with pytest.raises(VideoSourceError):  # a live source that never comes up fails after the policy's attempts
         open_with_retry(flaky, "rtsp://cam", True, ReconnectPolicy(attempts=1), messages.append, wait=waits.append)
     assert len(calls) == 2
+
+
+def test_segment_video_is_the_library_form_of_the_command(tiny_onnx, tmp_path):
+    from edgeseg.runtime.video import segment_video
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index in range(3):
+        cv2.imwrite(str(frames / f"{index:03d}.png"), np.full((48, 64, 3), 40 * index, np.uint8))
+    summary = segment_video(tiny_onnx.dynamic, str(frames), str(tmp_path / "out" / "%03d.png"), progress=False)
+    assert summary["frames"] == 3 and summary["ended_by"] not in INCOMPLETE_ENDINGS
+    assert len(list((tmp_path / "out").glob("*.png"))) == 3

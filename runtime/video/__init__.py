@@ -22,7 +22,7 @@ from .uri import SOURCE_FORMS, SourceSpec, parse_source
 __all__ = [
     "SINK_FORMS", "SOURCE_FORMS", "STAGES", "DisplaySink", "ImageSequenceSink", "OverlayRenderer", "ReconnectPolicy",
     "SourceSpec", "VideoFileSink", "VideoPipeline", "VideoSink", "VideoSource", "add_video_arguments",
-    "format_summary", "open_sink", "open_source", "parse_source", "run_video",
+    "format_summary", "open_sink", "open_source", "parse_source", "run_video", "segment_video",
 ]
 
 _EXAMPLES = """\
@@ -59,33 +59,48 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
                         help="first wait before re-opening, doubled on each failed attempt up to 8 s (default: 0.5)")
 
 
-def run_video(args: argparse.Namespace) -> int:
-    spec = parse_source(args.source)  # a typo in the source is reported before the model loads
-    policy = ReconnectPolicy(attempts=args.reconnect, delay_s=args.reconnect_delay)
-    with Segmenter.load(args.model, backend=args.backend, device=args.device, size=args.size) as segmenter:
-        source = open_with_retry(lambda: open_source(spec, gst=args.gst), spec.uri or args.source, spec.is_live,
-                                 policy, log=lambda line: print(line, file=sys.stderr, flush=True))
+def segment_video(model, source: str, out: str | None = None, *, backend: str = "auto", device: str = "auto",
+                  size=None, alpha: float = 0.5, legend: bool = False, max_frames: int | None = None,
+                  queue: int = 2, gst: bool = False, show: bool = False,
+                  reconnect: ReconnectPolicy | None = None, progress: bool = True) -> dict:
+    """Segment ``source`` (a URI, see :data:`SOURCE_FORMS`) with ``model`` into ``out``; returns the run's summary.
+
+    The library form of ``edgeseg video``: the summary holds the frame counts, FPS, per-stage latencies and
+    ``ended_by`` (see :data:`INCOMPLETE_ENDINGS` for the endings that mean the source was not read to its end).
+    """
+    spec = parse_source(source)  # a typo in the source is reported before the model loads
+    policy = reconnect or ReconnectPolicy()
+    with Segmenter.load(model, backend=backend, device=device, size=size) as segmenter:
+        opened = open_with_retry(lambda: open_source(spec, gst=gst), spec.uri or source, spec.is_live, policy,
+                                 log=lambda line: print(line, file=sys.stderr, flush=True))
         sinks: list[VideoSink] = []
         try:
-            expected = args.max_frames
-            if source.frame_count is not None:
-                expected = min(source.frame_count, args.max_frames or source.frame_count)
-            if args.out:
-                sinks.append(open_sink(args.out, fps=source.fps, expected_frames=expected))
-            if args.show and not any(isinstance(sink, DisplaySink) for sink in sinks):
+            expected = max_frames
+            if opened.frame_count is not None:
+                expected = min(opened.frame_count, max_frames or opened.frame_count)
+            if out:
+                sinks.append(open_sink(out, fps=opened.fps, expected_frames=expected))
+            if show and not any(isinstance(sink, DisplaySink) for sink in sinks):
                 sinks.append(DisplaySink())
             pipeline = VideoPipeline(
-                segmenter, source, sinks,
-                reopen=lambda: open_source(spec, gst=args.gst),
-                alpha=args.alpha, legend=args.legend, max_frames=args.max_frames, queue_size=args.queue,
-                reconnect=policy, progress=True,
+                segmenter, opened, sinks,
+                reopen=lambda: open_source(spec, gst=gst),
+                alpha=alpha, legend=legend, max_frames=max_frames, queue_size=queue,
+                reconnect=policy, progress=progress,
             )
         except BaseException:
-            source.close()
+            opened.close()
             for sink in sinks:
                 sink.abort()
             raise
-        summary = pipeline.run()
+        return pipeline.run()
+
+
+def run_video(args: argparse.Namespace) -> int:
+    summary = segment_video(args.model, args.source, args.out, backend=args.backend, device=args.device,
+                            size=args.size, alpha=args.alpha, legend=args.legend, max_frames=args.max_frames,
+                            queue=args.queue, gst=args.gst, show=args.show,
+                            reconnect=ReconnectPolicy(attempts=args.reconnect, delay_s=args.reconnect_delay))
     print(json.dumps(summary) if args.json else format_summary(summary), flush=True)
     if summary["interrupted"]:
         return 130
