@@ -48,6 +48,9 @@ ALL_METHODS = ["plain", "kd", "cwd", "skd_pairwise", "dsd", "psd", "csd", "ka", 
 # The plain student given more iterations (configs' plain_long.yaml, warm-start protocol): the reference for the
 # gain at equal wall-clock. Trained with the same seeds; not a row of its own.
 EQUAL_TIME_ARM = "plain_long"
+# Arms whose camvid_cpu_r18_warm config is unchanged since the first sweep (2026-12-01, base val 39.70): their pairs
+# from that sweep pool with later ones. CSC+ACE and ACE changed (ACE took the class weights) and do not pool.
+POOLED_METHODS = {"dsd", "ka"}
 PAPER_METHODS = {"dsd": "DSD (Feng et al., TIP 2021)", "psd": "DSD's PSD alone", "csd": "DSD's CSD alone",
                  "ka": "Knowledge Adaptation (He et al., CVPR 2019)", "csc": "CSC alone (Park & Heo)",
                  "ace": "ACE alone (Park & Heo)", "csc_ace": "CSC + ACE (Park & Heo, Sensors 2020)"}
@@ -365,6 +368,8 @@ def summarize(args, runs: Path, timings: dict | None, teacher: dict, plain_confi
                                       if reference is not None and row["miou_mean"] is not None else None)
             row["equal_time_extrapolated"] = extrapolated
         rows.append(row)
+    for earlier in getattr(args, "pool_with", None) or []:
+        _pool_pairs(rows, by_seed, json.loads(Path(earlier).read_text()), str(earlier))
     classes = teacher["num_classes"]
     teacher = {**teacher, **model_costs({"name": teacher["model"], "kwargs": teacher["kwargs"]}, classes, size)}
     return {**provenance("benchmarks/distill.py"), "machine": machine(), "protocol": args.protocol,
@@ -377,6 +382,29 @@ def summarize(args, runs: Path, timings: dict | None, teacher: dict, plain_confi
             "rows": rows, "per_seed_miou": per_seed,
             "seeds_by_method": {method: sorted(values) for method, values in by_seed.items()},
             "memory_kind": next((t.get("peak_mem_kind") for t in (timings or {}).values()), None)}
+
+
+def _pool_pairs(rows: list[dict], by_seed: dict[str, dict[int, float]], earlier: dict, source: str) -> None:
+    """Add to each row the paired gain over this sweep's pairs and those of ``earlier`` (a results JSON of the same
+    protocol from another warm-start base): a pair is (base, seed), both arms from the same base and data order.
+
+    Only arms whose config did not change between the sweeps belong here (:data:`POOLED_METHODS`).
+    """
+    seeds = earlier.get("seeds_by_method", {})
+    values = earlier.get("per_seed_miou", {})
+    earlier_by_seed = {m: dict(zip(seeds.get(m, []), values.get(m, []))) for m in values}
+    for row in rows:
+        method = row["method"]
+        if method == "plain" or method not in POOLED_METHODS or method not in earlier_by_seed:
+            continue
+        pooled_method = {("now", k): v for k, v in by_seed[method].items()}
+        pooled_plain = {("now", k): v for k, v in by_seed["plain"].items()}
+        pooled_method.update({("earlier", k): v for k, v in earlier_by_seed[method].items()})
+        pooled_plain.update({("earlier", k): v for k, v in earlier_by_seed.get("plain", {}).items()})
+        pairs = paired(pooled_method, pooled_plain)
+        row["pooled"] = {"with": source, "earlier_base_miou": earlier.get("base_miou"), "n": pairs["n"],
+                         "gain": pairs["diff"], "ci95": pairs["ci"], "p_value": pairs["p_value"],
+                         "std": pairs["std"], "mde": pairs["mde"]}
 
 
 def _mean_per_class(finals: list[dict]) -> dict[str, float | None]:
@@ -458,6 +486,20 @@ def to_markdown(summary: dict) -> str:
             lines.append(f"| {row['method']} | {row['paired_n']} | {_pct(row['gain_paired'], signed=True)} "
                          f"[{_pct(interval[0], signed=True)}, {_pct(interval[1], signed=True)}] | "
                          f"{row['p_value_paired']:.3f} | {_pct(row['paired_std'])} | {_pct(row['mde_paired'])} |")
+    pooled_rows = [row for row in summary["rows"] if row.get("pooled", {}).get("n", 0) >= 2]
+    if pooled_rows:
+        first = pooled_rows[0]["pooled"]
+        lines += ["", f"Paired by seed over two warm-start bases (this sweep and `{first['with']}`, base val mIoU "
+                      f"{_pct(first['earlier_base_miou'])}): each pair is one base and one seed, both arms from that "
+                      "base; only arms whose config is the same in both sweeps.", "",
+                  "| method | pairs | paired gain [95% CI] | p | std of differences | MDE |",
+                  "| --- | ---: | --- | ---: | ---: | ---: |"]
+        for row in pooled_rows:
+            pooled = row["pooled"]
+            interval = pooled["ci95"]
+            lines.append(f"| {row['method']} | {pooled['n']} | {_pct(pooled['gain'], signed=True)} "
+                         f"[{_pct(interval[0], signed=True)}, {_pct(interval[1], signed=True)}] | "
+                         f"{pooled['p_value']:.3f} | {_pct(pooled['std'])} | {_pct(pooled['mde'])} |")
     spread = summary.get("pooled_std")
     if spread is not None:
         lines += ["", f"Pooled seed-to-seed std: {_pct(spread)} mIoU; runs per arm for an MDE of 1.0 mIoU at that "
@@ -504,6 +546,9 @@ def main() -> None:
                         help="with --report-only: run the timing pass instead of reusing the stored timing")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, e.g. --set train.threads=1")
+    parser.add_argument("--pool-with", nargs="*", type=Path, default=[], metavar="RESULTS.json",
+                        help="also pool the paired gains with an earlier sweep of this protocol from another base "
+                             f"(arms {', '.join(sorted(POOLED_METHODS))} only: their configs did not change)")
     parser.add_argument("--time-method", help=argparse.SUPPRESS)
     args = parser.parse_args()
     EXTRA_OVERRIDES.extend(args.overrides)

@@ -90,6 +90,17 @@ def test_summary_reports_gain_interval_mde_and_equal_time(tmp_path, monkeypatch)
     assert "Paired by seed" in markdown and "(seeds [0, 1, 2])" in markdown
     assert math.isfinite(summary["runs_per_arm_for_1_point"])
 
+    # Pairs from an earlier base pool with these: 3 now (seeds 0-2) + 2 earlier, a +1 point gain in both.
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"base_miou": 0.39, "seeds_by_method": {"plain": [0, 1], "dsd": [0, 1]},
+                                   "per_seed_miou": {"plain": [0.30, 0.32], "dsd": [0.31, 0.33]}}))
+    args.pool_with = [earlier]
+    summary = distill.summarize(args, runs, timings, teacher, plain_config)
+    pooled = next(r for r in summary["rows"] if r["method"] == "dsd")["pooled"]
+    assert "over two warm-start bases" in distill.to_markdown(summary)
+    assert pooled["n"] == 5 and pooled["gain"] == pytest.approx((3 * 0.05 + 2 * 0.01) / 5)
+    assert pooled["ci95"][0] < pooled["gain"] < pooled["ci95"][1]
+
 
 def test_ledger_serves_finished_runs_to_a_machine_without_them_while_their_stamp_holds(tmp_path, monkeypatch):
     distill = _load_distill()
