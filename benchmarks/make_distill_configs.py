@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from edgeseg.training.data.class_weights import CAMVID_CLASS_WEIGHTS
+from edgeseg.training.distill.recipes import ACE, CSC, CSC_ACE
 from edgeseg.runtime.io import write_text_atomic
 
 
@@ -166,12 +167,9 @@ METHODS = {
              "params": {"latent_channels": 128, "adapt_weight": 50.0, "affinity_weight": 1.0}}], 1.0, True),
     # ACE is added to the class-balanced cross entropy (task_weight 1) rather than replacing it: the plain
     # baseline uses median-frequency class weights, and ACE alone would drop them.
-    "csc_ace": ([{"name": "csc", "weight": 10.0, "student": ["feature"], "teacher": ["feature"]},
-                 {"name": "ace", "weight": 1.0, "student": ["output"], "teacher": ["output"],
-                  "params": {"mode": "switch"}}], 1.0, False),
-    "csc": ([{"name": "csc", "weight": 10.0, "student": ["feature"], "teacher": ["feature"]}], 1.0, False),
-    "ace": ([{"name": "ace", "weight": 1.0, "student": ["output"], "teacher": ["output"],
-              "params": {"mode": "switch"}}], 1.0, False),
+    "csc_ace": (CSC_ACE, 1.0, False),
+    "csc": ([CSC], 1.0, False),
+    "ace": ([ACE], 1.0, False),
 }
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edgeseg import __version__
 from edgeseg.training.data.class_weights import CAMVID_CLASS_WEIGHTS
+from edgeseg.training.distill.recipes import CSC_ACE
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 TEACHER_ASSET = ASSETS / "teacher_bisenetv2_camvid.pt"
@@ -30,12 +31,6 @@ STUDENT = {
     "optim": {"lr": 0.03, "weight_decay": 1.0e-4, "warmup_iters": 30},
     "train": {"seed": 0, "ckpt_every": 50, "log_every": 10, "class_weights": CAMVID_CLASS_WEIGHTS},
 }
-# CSC + ACE (Park & Heo 2020) on the pre-classifier features and the outputs, as in
-# configs/distill/camvid_cpu_realtime/csc_ace.yaml: of the papers' methods the one that gained most from scratch
-# (benchmarks/results/distill_camvid_cpu_r18.md) and costs no extra training stage (Knowledge Adaptation first trains
-# an autoencoder).
-CSC_ACE = [{"name": "csc", "weight": 10.0, "student": ["feature"], "teacher": ["feature"]},
-           {"name": "ace", "weight": 1.0, "student": ["output"], "teacher": ["output"], "params": {"mode": "switch"}}]
 
 STAGES = ("teacher", "plain student", "distilled student", "export", "mIoU", "speed", "video", "report")
 
@@ -79,6 +74,9 @@ def train_student(out: Path, iterations: int, teacher: Path | None, force: bool)
     config["name"] = out.name
     config["train"].update(iterations=iterations, val_every=iterations)
     if teacher is not None:
+        # CSC + ACE added to the weighted cross entropy, as in configs/distill/camvid_cpu_realtime/csc_ace.yaml: of
+        # the papers' methods the one that gained most from scratch (benchmarks/results/distill_camvid_cpu_r18.md),
+        # and it needs no extra training stage (Knowledge Adaptation first trains an autoencoder).
         config["distill"] = {"teacher": str(teacher), "task_weight": 1.0, "losses": CSC_ACE}
     resume = out if (out / "last.pt").is_file() else None
     return Trainer(config, out, resume_from=resume).fit()
