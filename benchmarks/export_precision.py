@@ -236,7 +236,7 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="*", help="checkpoints for the precision study")
     parser.add_argument("--all-students", action="store_true", help="run the zoo parity loop instead")
     parser.add_argument("--checkpoint-dir", default=None, help="trained <name>.pt files for --all-students")
-    parser.add_argument("--data", default="camvid:/work/shared/data/camvid", help="dataset NAME[:ROOT]")
+    parser.add_argument("--data", default="camvid:${EDGESEG_DATA}/camvid", help="dataset NAME[:ROOT]")
     parser.add_argument("--size", default=None, help="HxW (default: each checkpoint's; 360x480 for random init)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N val images")
     parser.add_argument("--agreement-images", type=int, default=20, help="val images for FP16/INT8 agreement")

@@ -7,7 +7,7 @@ blending class ids would invent classes along every edge.
 
 Usage::
 
-    python benchmarks/make_camvid_sample.py --source /work/shared/data/camvid --output edgeseg/assets/camvid_mini
+    python benchmarks/make_camvid_sample.py --source $EDGESEG_DATA/camvid --output edgeseg/assets/camvid_mini
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def make_split(source: Path, output: Path, split: str, step: int, scale: float, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", type=Path, default=Path("/work/shared/data/camvid"),
+    parser.add_argument("--source", type=Path, required=True,
                         help="full CamVid copy: images/{train,val}/*.png and labels/{train,val}/*.png")
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1] / "edgeseg" / "assets"
                         / "camvid_mini", help="sample folder to write (existing files of the same name are replaced)")

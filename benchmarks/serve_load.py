@@ -47,8 +47,10 @@ from edgeseg.runtime.io import write_json_atomic, write_text_atomic
 from edgeseg.runtime.sysinfo import describe_machine, format_machine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_load"
-DEFAULT_IMAGE_DIRS = (Path("/work/shared/data/camvid/images/val"),
-                      Path(__file__).resolve().parents[1] / "edgeseg" / "assets" / "camvid_mini" / "images" / "val")
+# The full CamVid val under $EDGESEG_DATA where it is set, else the embedded sample.
+SAMPLE_VAL = Path(__file__).resolve().parents[1] / "edgeseg" / "assets" / "camvid_mini" / "images" / "val"
+DEFAULT_IMAGE_DIRS = tuple(Path(root) / "camvid" / "images" / "val" for root in [os.environ.get("EDGESEG_DATA")]
+                           if root) + (SAMPLE_VAL,)
 ANSWERS = {"png": "PNG class map", "json": "JSON class share"}
 CONFIGS = {"no batching": ("--max-batch", "1"), "dynamic batching": ("--max-batch", "8", "--max-wait-ms", "5")}
 START_TIMEOUT_S = 120

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import httpx
 
+from edgeseg.runtime.datasets import data_path
 from edgeseg.runtime.io import write_bytes_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import Server, build_student  # a sibling script, imported after the path is set
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = Path("/work/shared/data/video/solidWhiteRight.mp4")
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "serve_page.png"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 # Everything that would make Chromium reach beyond this machine is switched off.
@@ -63,7 +63,7 @@ def wait_for_frames(url: str, timeout_s: float = 60.0) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path)
-    parser.add_argument("--source", default=str(DEFAULT_SOURCE))
+    parser.add_argument("--source", help="video URI or file (default $EDGESEG_DATA/video/solidWhiteRight.mp4)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--window", default="1280,800", help="browser window size WIDTH,HEIGHT")
     parser.add_argument("--budget-ms", type=int, default=4000, help="virtual time the page runs before the shot")
@@ -74,7 +74,8 @@ def main() -> int:
         raise SystemExit("no Chromium found: apt-get install -y chromium")
     with tempfile.TemporaryDirectory(prefix="serve_screenshot_") as scratch:
         model, description = (args.model, "given with --model") if args.model else find_model(Path(scratch))
-        server = Server(model, ("--source", args.source))
+        source = args.source or str(data_path("video/solidWhiteRight.mp4"))
+        server = Server(model, ("--source", source))
         try:
             stats = wait_for_frames(server.url)
             print(f"stream running: {stats['fps']:.1f} FPS, {stats['frame_ms']:.0f} ms per frame")

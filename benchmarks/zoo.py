@@ -8,7 +8,7 @@ row is measured with the same settings; a precision a device cannot run natively
 of being left out::
 
     python benchmarks/zoo.py --checkpoints runs/zoo/*/last.pt runs/teacher_bisenetv2/last.pt \\
-        --data camvid:/work/shared/data/camvid --sizes 180x240 360x480 --precisions fp32 int8 fp16
+        --data camvid:${EDGESEG_DATA}/camvid --sizes 180x240 360x480 --precisions fp32 int8 fp16
 
 writes ``OUT.md`` (a table per size, the machine, command, date and how each checkpoint was trained),
 ``OUT.json`` (all rows and the machine), ``OUT.csv`` and ``OUT_pareto.png`` (mIoU against model-only FPS with the
@@ -557,7 +557,7 @@ def write_reports(out: Path, rows: list[dict], checkpoints: list[ZooCheckpoint],
 
 EXAMPLE = """example:
   python benchmarks/zoo.py --checkpoints runs/zoo/*/last.pt runs/teacher_bisenetv2/last.pt \\
-      --data camvid:/work/shared/data/camvid --sizes 180x240 360x480 --precisions fp32 int8 fp16"""
+      --data camvid:${EDGESEG_DATA}/camvid --sizes 180x240 360x480 --precisions fp32 int8 fp16"""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -336,6 +336,11 @@ def _expand_root(root: str, spec: str) -> str:
     return os.path.expandvars(root)
 
 
+def data_path(relative: str) -> Path:
+    """``$EDGESEG_DATA/relative``: where scripts look for a dataset or clip by default; a DataError when unset."""
+    return Path(_expand_root(f"${{{DATA_ROOT_ENV}}}/{relative}", f"${DATA_ROOT_ENV}/{relative}"))
+
+
 def parse_dataset_spec(spec: str) -> tuple[str, Path | None]:
     """Split ``NAME[:ROOT]`` into the dataset name and its root folder (None when the spec gives no root).
 

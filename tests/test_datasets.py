@@ -372,3 +372,13 @@ def test_reader_works_without_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "(180, 240, 3) (180, 240)" in result.stdout
+
+
+def test_data_path_reads_the_data_root_or_names_the_unset_variable(monkeypatch, tmp_path):
+    from edgeseg.runtime.datasets import data_path
+
+    monkeypatch.setenv("EDGESEG_DATA", str(tmp_path))
+    assert data_path("video/clip.mp4") == tmp_path / "video" / "clip.mp4"
+    monkeypatch.delenv("EDGESEG_DATA")
+    with pytest.raises(DataError, match="EDGESEG_DATA, which is not set"):
+        data_path("video/clip.mp4")
