@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The folder holding the datasets (camvid/, video/) that the committed configs name as ${EDGESEG_DATA}/...; set it
+# to where yours are. The default is where the development and CI machines keep them, beside the clone.
+export EDGESEG_DATA ?= $(abspath ../shared/data)
 
 .PHONY: setup quickstart test lint
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -348,8 +349,8 @@ def test_embedded_camvid_sample_counts_and_class_ids():
     assert {0, 1, 3, IGNORE_INDEX} <= seen  # sky, building, road and void are in every CamVid street scene
 
 
-# The full copy sits beside the repository on the development and CI machines (shared/ next to the clone).
-FULL_CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+# The full copy under $EDGESEG_DATA (make sets it; on the development and CI machines: shared/data beside the clone).
+FULL_CAMVID = Path(os.environ.get("EDGESEG_DATA", "/nonexistent")) / "camvid"
 
 
 @pytest.mark.skipif(not FULL_CAMVID.is_dir(), reason="needs the full CamVid copy the sample was made from")
