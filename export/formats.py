@@ -26,8 +26,8 @@ DEFAULT_OPSET = 17
 
 # Option groups, by ``dest``. Defaults live in api.ExportOptions; validation compares against them.
 GRAPH_OPTIONS = ("size", "batch", "dynamic", "opset", "precision", "calib", "calib_split", "calib_images",
-                 "calib_method", "int8_scheme", "fuse", "class_dtype")
-CHECK_OPTIONS = ("check", "check_data", "check_images", "min_agreement", "max_abs_error")
+                 "calib_method", "int8_scheme", "fuse", "class_dtype", "confidence")
+CHECK_OPTIONS = ("check", "check_data", "check_images", "min_agreement", "max_abs_error", "check_report")
 ENGINE_OPTIONS = ("workspace", "timing_cache", "min_shape", "opt_shape", "max_shape", "gpu")
 TRITON_OPTIONS = ("name", "max_batch", "instances", "instance_kind", "preferred_batch", "max_queue_delay_us",
                   "triton_backend")
@@ -72,11 +72,13 @@ FORMATS: tuple[ExportFormat, ...] = (
                  "TensorRT plan built on this GPU from the precision-carrying ONNX (strongly typed network)",
                  frozenset(GRAPH_OPTIONS + CHECK_OPTIONS + ENGINE_OPTIONS), "tensorrt_build:run"),
     ExportFormat("triton", "folder (model repository)", (".pt", ".onnx", ".engine", ".plan"), False, "",
-                 "Triton model repository: model.onnx or model.plan, config.pbtxt, labels.txt",
+                 "Triton model repository: model.onnx, model.plan or model.py (Python backend), config.pbtxt, "
+                 "labels.txt",
                  frozenset(GRAPH_OPTIONS + CHECK_OPTIONS + TRITON_OPTIONS), "triton:run"),
     ExportFormat("deepstream", "folder (nvinfer + deepstream-app configs)", (".pt",), False, "",
                  "DeepStream nvinfer segmentation config and a deepstream-app config for N sources",
-                 frozenset(GRAPH_OPTIONS + CHECK_OPTIONS + DEEPSTREAM_OPTIONS), "deepstream:run"),
+                 # nvinfer does its own argmax on logits, so --confidence (which rides on --fuse post) is refused
+                 frozenset(GRAPH_OPTIONS + CHECK_OPTIONS + DEEPSTREAM_OPTIONS) - {"confidence"}, "deepstream:run"),
 )
 
 FORMAT_NAMES = tuple(fmt.name for fmt in FORMATS)
