@@ -44,6 +44,7 @@ def tiny(tmp_path_factory):
     return random_checkpoint(tmp_path_factory.mktemp("tiny"), "tiny_segnet")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models(role="student"))
 def test_every_student_exports_static_and_dynamic_fused_and_not_and_matches_pytorch(name, tmp_path):
     checkpoint = random_checkpoint(tmp_path, name)

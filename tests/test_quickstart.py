@@ -34,6 +34,7 @@ def test_counts_must_be_positive(option, capsys):
     assert stop.value.code == 2 and option in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_whole_pipeline_runs_on_the_committed_teacher_and_a_second_run_reuses_it(tmp_path, capsys):
     assert TEACHER_ASSET.is_file(), "the quickstart's teacher checkpoint is not committed"
     out = tmp_path / "qs"

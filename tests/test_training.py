@@ -183,6 +183,17 @@ def test_checkpoint_backend_refuses_devices_it_cannot_run_naming_the_checkpoint(
             TorchBackend("student.pt", device="cuda:1")
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (AMP and channels_last training path)")
+def test_cuda_training_with_amp_writes_a_checkpoint_that_runs_on_the_cpu(tmp_path):
+    result = Trainer(tiny_config("train.iterations=4", "train.device=cuda", "train.amp=auto"), tmp_path).fit()
+    assert result["iterations"] == 4 and result["final"]["miou"] == result["final"]["miou"]  # trained, not NaN
+    card = load_checkpoint(tmp_path / "last.pt")
+    model = build_model_from_card(card).eval()
+    assert all(t.device.type == "cpu" for t in model.state_dict().values())
+    assert torch.isfinite(model(torch.zeros(1, 3, 64, 96))).all()
+
+
 def test_periodic_actions_run_every_n_iterations_and_always_at_the_end():
     assert [i for i in range(1, 11) if is_due(i, 4, 10)] == [4, 8, 10]
     assert [i for i in range(1, 11) if is_due(i, 0, 10)] == [10]  # 0: only after the last iteration
@@ -204,6 +215,7 @@ def _processes_with_marker(marker: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc to find the processes")
 def test_sigkilled_training_leaves_no_process_behind(tmp_path):
     """Three SIGKILLs of the training process alone (not its group), each followed by --resume: afterwards no

@@ -214,6 +214,7 @@ def first_batches(loader, epochs):
     return batches
 
 
+@pytest.mark.slow
 def test_loader_is_reproducible_across_worker_counts_and_epochs():
     transform = TrainTransform((24, 32), base_size=(45, 60), jitter=0.2)
     kwargs = dict(spec="camvid", split="val", transform=transform, batch_size=3, seed=1, shuffle=True,
