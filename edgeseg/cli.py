@@ -19,13 +19,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("edgeseg.runtime.commands", "mIoU, pixel accuracy and per-class IoU of a .pt/.onnx/.engine model"),
     "export": ("edgeseg.export.commands", "export a checkpoint to ONNX, a TensorRT engine, Triton or DeepStream"),
     "bench": ("edgeseg.runtime.commands", "model-only and end-to-end latency/FPS of a deployed model"),
+    "compare": ("edgeseg.runtime.compare", "per-class and per-image cost of deployment steps against a reference"),
     "video": ("edgeseg.runtime.video", "segment a video file, camera, RTSP stream or image folder"),
     "serve": ("edgeseg.runtime.serve.commands", "HTTP segmentation service with a live video page"),
     "quickstart": ("edgeseg.quickstart", "the whole pipeline on the embedded CamVid sample, with a report"),
 }
 
 # Subcommands whose MODEL argument may be a PyTorch checkpoint: the .pt backend comes from the training stage.
-_MODEL_COMMANDS = {"eval", "bench", "video", "serve"}
+_MODEL_COMMANDS = {"eval", "bench", "video", "serve", "compare"}
 
 
 def _build_parser(command: str | None) -> argparse.ArgumentParser:
@@ -47,8 +48,9 @@ def _build_parser(command: str | None) -> argparse.ArgumentParser:
 
 def _register_checkpoint_backend(args: argparse.Namespace) -> None:
     """Let the runtime open .pt checkpoints when the user passes one (needs torch)."""
-    model = getattr(args, "model", None)
-    if args.command in _MODEL_COMMANDS and isinstance(model, str) and model.endswith(".pt"):
+    given = getattr(args, "models", None) or [getattr(args, "model", None)]
+    model = next((m for m in given if isinstance(m, str) and m.endswith(".pt")), None)
+    if args.command in _MODEL_COMMANDS and model is not None:
         try:
             importlib.import_module("edgeseg.training.inference")
         except ImportError as err:

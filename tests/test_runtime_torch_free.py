@@ -75,7 +75,7 @@ def test_cli_commands_without_torch(tiny_onnx):
 
         from edgeseg.cli import main
 
-        for command in ("bench", "eval", "video", "serve"):
+        for command in ("bench", "eval", "video", "serve", "compare"):
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
                 try:
