@@ -46,11 +46,13 @@ class ExportOptions:
     int8_scheme: str = "tensorrt"
     fuse: str = "none"
     class_dtype: str = "uint8"
+    confidence: bool = False
     check: bool = False
     check_data: str | None = None
     check_images: int = 8
     min_agreement: float | None = None
     max_abs_error: float | None = None
+    check_report: str | None = None
     workspace: float = 4.0
     timing_cache: str | None = None
     min_shape: str | Sequence[int] | None = None
@@ -76,6 +78,10 @@ class ExportOptions:
 
 
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(ExportOptions)}
+
+MIN_CALIB_IMAGES = 100
+"""Fewer INT8 calibration images than this draw a warning: a segmentation network's activation ranges are set by
+every class, and rare ones (poles, signs, cyclists) cover so few pixels that a small set can miss their extremes."""
 
 
 @dataclass
@@ -146,8 +152,8 @@ class ExportJob:
         batch = opts.batch if opts.batch is not None else default_batch
         graph = onnx_export.OnnxOptions(size=size, batch=batch, dynamic=dynamic, opset=opts.opset,
                                         precision=opts.precision, fuse=opts.fuse, class_dtype=opts.class_dtype,
-                                        channel_rescale=channel_rescale, calib_method=opts.calib_method,
-                                        int8_scheme=opts.int8_scheme)
+                                        confidence=opts.confidence, channel_rescale=channel_rescale,
+                                        calib_method=opts.calib_method, int8_scheme=opts.int8_scheme)
         if out_path is None:
             name = default_onnx_name(card["model"]["name"], graph.size, graph.precision, dynamic, batch, graph.fuse)
             out_path = (out_dir or self.source.parent) / name
@@ -155,6 +161,10 @@ class ExportJob:
         if graph.precision == "int8":
             calibration = load_calibration_images(opts.calib or "", opts.calib_split, opts.calib_images)
             self.log(f"int8: calibrating on {len(calibration)} images of {opts.calib} ({opts.calib_split})")
+            if len(calibration) < MIN_CALIB_IMAGES:
+                self.log(f"warning: {len(calibration)} calibration images is below the {MIN_CALIB_IMAGES} a "
+                         "segmentation network needs for reliable activation ranges (rare classes cover few pixels); "
+                         "raise --calib-images")
         result = onnx_export.export_onnx(model, card, graph, out_path, self.source.name, calibration)
         self.log(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB, opset {graph.opset})")
         for spec in result.io:
@@ -163,7 +173,25 @@ class ExportJob:
         for note in result.notes:
             self.log(f"  {note}")
         parity = self._parity(model, result.path, card, graph.size) if opts.check else []
+        if opts.check_report:
+            self._check_report(result.path, card)
         return GraphExport(result, graph, parity)
+
+    def _check_report(self, onnx_path: Path, card: dict) -> None:
+        """``--check-report``: the ``edgeseg compare`` report of the checkpoint against the graph just written."""
+        import edgeseg.training.inference  # noqa: F401  (registers the .pt backend)
+        from edgeseg.runtime.compare import compare_models
+        from edgeseg.runtime.datasets import open_dataset
+
+        spec = self.options.check_data or ((card.get("config") or {}).get("data") or {}).get("dataset") or "camvid"
+        try:
+            dataset = open_dataset(spec, "val")
+        except DataError as err:
+            self.log(f"check report: {spec} is not readable here ({err}); using the embedded CamVid sample")
+            dataset = open_dataset("camvid", "val")
+        report = compare_models([self.source, onnx_path], dataset, self.options.check_report,
+                                limit=self.options.check_images)
+        self.log(f"check report: {report.markdown_path} ({report.summary_line()})")
 
     def failed(self, graph: GraphExport, what: str) -> ExportResult:
         """The result of an export whose parity check failed: the ONNX file stays, ``what`` was not written."""
@@ -244,8 +272,9 @@ def validate(fmt: ExportFormat, source: Path, options: ExportOptions) -> None:
                    if options.given(d)]
     if options.precision != "int8" and calib_given:
         raise ConfigError(f"{', '.join(calib_given)} only apply to --precision int8")
-    if options.fuse not in ("post", "all") and options.given("class_dtype"):
-        raise ConfigError("--class-dtype sets the dtype of fused class ids: add --fuse post (or all)")
+    for dest in ("class_dtype", "confidence"):
+        if options.fuse not in ("post", "all") and options.given(dest):
+            raise ConfigError(f"{option_flag(dest)} applies to fused class ids: add --fuse post (or all)")
     if options.batch is not None and options.dynamic in ("batch", "all"):
         raise ConfigError("--batch fixes the batch size, --dynamic batch frees it: use one (an engine's batch range "
                           "is set with --min-shape/--opt-shape/--max-shape)")

@@ -40,7 +40,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     graph.add_argument("--calib", metavar="DATASET[:ROOT]",
                        help="int8 calibration images, e.g. camvid (embedded sample) or camvid:/data/camvid")
     graph.add_argument("--calib-split", help="split the calibration images come from (%(default)s)")
-    graph.add_argument("--calib-images", type=int, metavar="N", help="calibration images (%(default)s)")
+    graph.add_argument("--calib-images", type=int, metavar="N",
+                       help="calibration images (%(default)s); below 100 warns: rare classes cover too few pixels to "
+                            "set their activation ranges")
     graph.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"),
                        help="activation range estimation (%(default)s)")
     graph.add_argument("--int8-scheme", choices=("tensorrt", "cpu"),
@@ -50,6 +52,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                        help="pre: uint8 NHWC input normalised in the graph; post: argmax in the graph, class ids out")
     graph.add_argument("--class-dtype", choices=("uint8", "int32"),
                        help="dtype of fused class ids (uint8: 4x less device-to-host traffic than int32)")
+    graph.add_argument("--confidence", action="store_true",
+                       help="with --fuse post/all: also output the per-pixel max softmax probability as 0-255, packed "
+                            "with the class ids as an N x 2 x H x W tensor (refused by --format deepstream, whose "
+                            "nvinfer does its own argmax)")
     check = parser.add_argument_group("parity check (ONNX Runtime vs PyTorch on real images)")
     check.add_argument("--check", action="store_true", help="check the exported graph; exit 1 below the thresholds")
     check.add_argument("--check-data", metavar="DATASET[:ROOT]",
@@ -60,6 +66,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                        help="argmax agreement required (default 0.999 fp32, 0.99 fp16, 0.95 int8)")
     check.add_argument("--max-abs-error", type=float, metavar="X",
                        help="also require max |logit difference| <= X (logit outputs only)")
+    check.add_argument("--check-report", metavar="DIR",
+                       help="also write the 'edgeseg compare' report (per-class IoU change, worst images) of the "
+                            "checkpoint against the exported ONNX graph, on --check-images images of the check data")
     engine = parser.add_argument_group("engine")
     engine.add_argument("--workspace", type=float, metavar="GB", help="builder workspace in GiB (%(default)s)")
     engine.add_argument("--timing-cache", metavar="PATH", help="timing cache to load and update")

@@ -65,6 +65,9 @@ class OnnxOptions:
         class_dtype: Dtype of fused class ids. uint8 is the default because the class map is what crosses from
             device to host every frame, and uint8 is 4x less traffic than int32 (255 classes at most, the runtime's
             limit anyway); int32 is what TensorRT's ArgMax yields natively, for consumers that want it uncast.
+        confidence: With ``fuse_post``, also return the per-pixel maximum softmax probability (0-255) as plane 1 of
+            an ``N x 2 x H x W`` output in ``class_dtype`` (see :class:`~edgeseg.runtime.metadata.ModelMeta`), so a
+            deployed model can mark uncertain pixels without copying logits off the device.
         calib_method: INT8 activation-range estimator (see :mod:`.precision`).
         int8_scheme: ``tensorrt`` (symmetric S8S8 Q/DQ, what TensorRT builds) or ``cpu`` (U8S8, fast on ONNX
             Runtime's x86 CPU kernels, refused by TensorRT).
@@ -79,6 +82,7 @@ class OnnxOptions:
     precision: str = "fp32"
     fuse: str = "none"
     class_dtype: str = "uint8"
+    confidence: bool = False
     channel_rescale: bool = False
     calib_method: str = "minmax"
     int8_scheme: str = "tensorrt"
@@ -99,6 +103,8 @@ class OnnxOptions:
                               f"onnx package's newest), got {self.opset}; {DEFAULT_OPSET} suits every runtime")
         if self.batch < 1:
             raise ConfigError(f"--batch must be a positive integer, got {self.batch}")
+        if self.confidence and not self.fuse_post:
+            raise ConfigError("--confidence rides beside fused class ids: add --fuse post (or all)")
         self.size = parse_size(self.size, "--size")
 
     @property
@@ -134,17 +140,21 @@ class DeployModel(nn.Module):
             resizes (and a GPU consumer can upload 1 byte per channel instead of 4).
         fuse_post: Return argmax class ids ``(N, H, W)`` in ``class_dtype`` instead of float logits.
         class_dtype: torch dtype of the fused class ids.
+        confidence: With ``fuse_post``, return ``(N, 2, H, W)``: the class ids and the maximum softmax
+            probability rounded to 0-255.
         shared_std: With a value, the graph expects input normalised with this one std for all channels and
             multiplies each channel by ``shared_std / std[c]`` first, which restores exact per-channel
             normalisation (and folds into the first convolution in TensorRT).
     """
 
     def __init__(self, model: nn.Module, mean, std, fuse_pre: bool = False, fuse_post: bool = False,
-                 class_dtype: torch.dtype = torch.uint8, shared_std: float | None = None) -> None:
+                 class_dtype: torch.dtype = torch.uint8, shared_std: float | None = None,
+                 confidence: bool = False) -> None:
         super().__init__()
         self.model = model
         self.fuse_pre = fuse_pre
         self.fuse_post = fuse_post
+        self.confidence = confidence
         self.class_dtype = class_dtype
         mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -164,7 +174,11 @@ class DeployModel(nn.Module):
             x = x * self.channel_rescale
         logits = self.model(x)
         if self.fuse_post:
-            return logits.argmax(dim=1).to(self.class_dtype)
+            ids = logits.argmax(dim=1).to(self.class_dtype)
+            if not self.confidence:
+                return ids
+            top = torch.softmax(logits.float(), dim=1).amax(dim=1)
+            return torch.stack([ids, torch.round(top * 255.0).to(self.class_dtype)], dim=1)
         return logits
 
 
@@ -199,6 +213,7 @@ def build_meta(card: dict, options: OnnxOptions, checkpoint_name: str) -> ModelM
         output_dtype=options.class_dtype if options.fuse_post else "float32",
         fused_pre=options.fuse_pre,
         fused_post=options.fuse_post,
+        confidence=options.confidence,
         precision=options.precision,
         extra=extra,
     )
@@ -208,7 +223,8 @@ def deploy_module(model: nn.Module, card: dict, options: OnnxOptions) -> DeployM
     norm = card["normalization"]
     shared_std = float(np.mean(norm["std"])) if options.channel_rescale else None
     return DeployModel(model, norm["mean"], norm["std"], fuse_pre=options.fuse_pre, fuse_post=options.fuse_post,
-                       class_dtype=CLASS_DTYPES[options.class_dtype], shared_std=shared_std).eval()
+                       class_dtype=CLASS_DTYPES[options.class_dtype], shared_std=shared_std,
+                       confidence=options.confidence).eval()
 
 
 def sample_input(options: OnnxOptions) -> torch.Tensor:
@@ -265,7 +281,7 @@ def dynamic_axes(options: OnnxOptions) -> dict[str, dict[int, str]] | None:
     if options.dynamic_hw:
         h_axis, w_axis = (1, 2) if options.fuse_pre else (2, 3)
         input_axes.update({h_axis: "height", w_axis: "width"})
-        out_h, out_w = (1, 2) if options.fuse_post else (2, 3)
+        out_h, out_w = (1, 2) if options.fuse_post and not options.confidence else (2, 3)
         output_axes.update({out_h: "height", out_w: "width"})
     return {INPUT_NAME: input_axes, options.output_name: output_axes}
 
@@ -322,7 +338,10 @@ def declare_io_shapes(model: onnx.ModelProto, options: OnnxOptions, num_classes:
     batch: int | str = "batch" if options.dynamic_batch else options.batch
     height, width = ("height", "width") if options.dynamic_hw else options.size
     input_dims = [batch, height, width, 3] if options.fuse_pre else [batch, 3, height, width]
-    output_dims = [batch, height, width] if options.fuse_post else [batch, num_classes, height, width]
+    if options.fuse_post:
+        output_dims = [batch, 2, height, width] if options.confidence else [batch, height, width]
+    else:
+        output_dims = [batch, num_classes, height, width]
     for value, dims in ((model.graph.input[0], input_dims), (model.graph.output[0], output_dims)):
         shape = value.type.tensor_type.shape
         del shape.dim[:]

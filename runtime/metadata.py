@@ -23,7 +23,9 @@ class ModelMeta:
 
     Sizes are ``[height, width]``; a ``None`` entry marks a dynamic axis. ``mean``/``std`` apply to RGB values
     scaled to [0, 1]. With ``fused_pre`` the network takes ``uint8`` NHWC RGB images and normalises inside the graph;
-    with ``fused_post`` it returns class ids (``output_dtype``) instead of float logits.
+    with ``fused_post`` it returns class ids (``output_dtype``) instead of float logits. With ``confidence`` as well,
+    that output is ``N x 2 x H x W``: plane 0 the class ids, plane 1 the per-pixel maximum softmax probability as
+    0-255 (one packed output rather than two, so every backend and Triton carry it with one device-to-host copy).
     """
 
     model: str
@@ -40,6 +42,7 @@ class ModelMeta:
     output_dtype: str = "float32"
     fused_pre: bool = False
     fused_post: bool = False
+    confidence: bool = False
     precision: str = "fp32"
     dataset: str = "custom"
     ignore_index: int = 255
@@ -52,6 +55,9 @@ class ModelMeta:
             raise MetadataError(f"unknown precision {self.precision!r}; expected one of {PRECISIONS}")
         if self.input_layout not in ("NCHW", "NHWC"):
             raise MetadataError(f"unknown input layout {self.input_layout!r}")
+        if self.confidence and not self.fused_post:
+            raise MetadataError("metadata says confidence without fused_post: the confidence plane rides beside "
+                                "fused class ids")
 
     @property
     def num_classes(self) -> int:

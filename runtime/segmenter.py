@@ -9,7 +9,7 @@ export and its TensorRT engine see identical input pixels and their class maps a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence, overload
 
 import numpy as np
 
@@ -44,6 +44,17 @@ def argmax_channels(logits: np.ndarray) -> np.ndarray:
     return class_ids
 
 
+def softmax_confidence(logits: np.ndarray) -> np.ndarray:
+    """Per-pixel maximum softmax probability of NCHW logits as uint8 0-255 (NHW), what a fused graph returns.
+
+    The top probability is ``1 / sum(exp(l - max l))``, so no normalised probability tensor is built.
+    """
+    logits = logits.astype(np.float32, copy=False)
+    peak = logits.max(axis=1, keepdims=True)
+    total = np.exp(logits - peak).sum(axis=1)
+    return np.clip(np.rint(255.0 / total), 0, 255).astype(np.uint8)
+
+
 class Segmenter:
     """A deployed segmentation model: HxWx3 uint8 RGB images in, HxW uint8 class maps at the image's size out.
 
@@ -76,17 +87,20 @@ class Segmenter:
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", device: str = "auto",
-             size: tuple[int, int] | str | None = None) -> "Segmenter":
+             size: tuple[int, int] | str | None = None, **options) -> "Segmenter":
         """Open a ``.onnx``, ``.engine``/``.plan``, ``.pt`` or ``triton://host:port/model`` model.
 
         Args:
             path: Model file or Triton URI; its suffix or scheme selects the backend.
-            backend: ``auto`` or a backend name that must agree with the model's kind.
+            backend: ``auto`` or a backend name that must agree with the model's kind (``openvino`` for an
+                ``.onnx`` through OpenVINO).
             device: ``auto``, ``cpu``, ``cuda[:N]`` or ``tensorrt[:N]``; anything explicit fails loudly when the
                 backend cannot really run there.
             size: Network input size for dynamic models, see the class docstring.
+            options: Backend settings, e.g. ``precision="bf16"`` (OpenVINO) or ``spinning=True`` (ONNX Runtime);
+                see :data:`~edgeseg.runtime.backends.BACKEND_OPTIONS`.
         """
-        opened = open_backend(path, backend=backend, device=device)
+        opened = open_backend(path, backend=backend, device=device, **options)
         try:
             return cls(opened, size=size)
         except Exception:
@@ -152,27 +166,63 @@ class Segmenter:
     def class_ids(self, raw: np.ndarray) -> np.ndarray:
         """Raw network output -> NHW uint8 class ids at network resolution (argmax unless fused in the graph)."""
         if self.meta.fused_post:
-            if raw.ndim == 4 and raw.shape[1] == 1:
+            planes = 2 if self.meta.confidence else 1
+            if raw.ndim == 4 and raw.shape[1] == planes:
                 raw = raw[:, 0]
             if raw.ndim != 3:
-                raise ModelFormatError(f"{self.meta.model}: a fused model must output NHW class ids, got shape "
-                                       f"{raw.shape}")
+                what = "N x 2 x H x W class ids and confidence" if self.meta.confidence else "NHW class ids"
+                raise ModelFormatError(f"{self.meta.model}: a fused model must output {what}, got shape {raw.shape}")
             return raw.astype(np.uint8, copy=False)
         if raw.ndim != 4 or raw.shape[1] != self.meta.num_classes:
             raise ModelFormatError(f"{self.meta.model}: expected NCHW logits with {self.meta.num_classes} channels "
                                    f"(one per class in the metadata), got shape {raw.shape}")
         return argmax_channels(raw)
 
+    def confidence(self, raw: np.ndarray) -> np.ndarray:
+        """Raw network output -> NHW uint8 maximum softmax probability (0-255) at network resolution.
+
+        A confidence-fused graph carries it as its second plane; from logits it is computed here, the same way.
+        """
+        if self.meta.confidence:
+            if raw.ndim != 4 or raw.shape[1] != 2:
+                raise ModelFormatError(f"{self.meta.model}: a confidence-fused model must output N x 2 x H x W, got "
+                                       f"shape {raw.shape}")
+            return raw[:, 1].astype(np.uint8, copy=False)
+        if self.meta.fused_post:
+            raise ModelFormatError(f"{self.meta.model} returns class ids only (argmax fused into the graph); export it "
+                                   "with --fuse post --confidence, or without --fuse, to get a confidence map")
+        self.class_ids(raw)  # the same shape checks as the class map
+        return softmax_confidence(raw)
+
     def finish(self, raw: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Raw network output -> one class map per image, nearest-resized to ``sizes`` (image or label grid)."""
-        class_ids = self.class_ids(raw)
-        if len(class_ids) != len(sizes):
-            raise DataError(f"{len(sizes)} target sizes for a batch of {len(class_ids)}")
-        return [resize_labels(ids, tuple(size[:2])) for ids, size in zip(class_ids, sizes)]
+        return self._resize_each(self.class_ids(raw), sizes)
 
-    def segment(self, image: np.ndarray) -> np.ndarray:
-        """One HxWx3 uint8 RGB image -> its HxW uint8 class map."""
-        return self.segment_batch([image])[0]
+    def finish_confidence(self, raw: np.ndarray,
+                          sizes: Sequence[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """As :meth:`finish`, each class map paired with its confidence map (uint8 0-255, same size)."""
+        maps = self.finish(raw, sizes)
+        return list(zip(maps, self._resize_each(self.confidence(raw), sizes)))
+
+    @staticmethod
+    def _resize_each(planes: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        if len(planes) != len(sizes):
+            raise DataError(f"{len(sizes)} target sizes for a batch of {len(planes)}")
+        return [resize_labels(plane, tuple(size[:2])) for plane, size in zip(planes, sizes)]
+
+    @overload
+    def segment(self, image: np.ndarray, confidence: Literal[False] = False) -> np.ndarray: ...
+
+    @overload
+    def segment(self, image: np.ndarray, confidence: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def segment(self, image: np.ndarray, confidence: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """One HxWx3 uint8 RGB image -> its HxW uint8 class map, or with ``confidence`` the pair (class map,
+        HxW uint8 maximum softmax probability scaled to 0-255) so that callers can mark uncertain pixels."""
+        if not confidence:
+            return self.segment_batch([image])[0]
+        raw = self.run(self.prepare([image]))
+        return self.finish_confidence(raw, [image.shape[:2]])[0]
 
     def segment_batch(self, images: Sequence[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
         """Images of any sizes -> their class maps, running the network ``batch_size`` images at a time.

@@ -20,7 +20,8 @@ from edgeseg.runtime.errors import VideoSourceError
 from edgeseg.runtime.metadata import ModelMeta
 from edgeseg.runtime.preprocess import resize_labels
 from edgeseg.runtime.video import (STAGES, ImageSequenceSink, OverlayRenderer, ReconnectPolicy, VideoFileSink,
-                                   VideoPipeline, VideoSink, VideoSource, open_sink, open_source, parse_source)
+                                   VideoPipeline, VideoSink, VideoSource, format_summary, open_sink, open_source,
+                                   parse_source)
 from edgeseg.runtime.video.pipeline import INCOMPLETE_ENDINGS
 from edgeseg.runtime.video.sinks import opencv_has_gui
 from edgeseg.runtime.video.sources import _ffmpeg_url, gstreamer_pipeline, opencv_has_gstreamer
@@ -545,3 +546,21 @@ def test_segment_video_is_the_library_form_of_the_command(tiny_onnx, tmp_path):
     summary = segment_video(tiny_onnx.dynamic, str(frames), str(tmp_path / "out" / "%03d.png"), progress=False)
     assert summary["frames"] == 3 and summary["ended_by"] not in INCOMPLETE_ENDINGS
     assert len(list((tmp_path / "out").glob("*.png"))) == 3
+
+
+def test_flicker_is_the_share_of_pixels_that_change_class_between_frames(tmp_path):
+    """Five frames, red left of a boundary that moves 8 columns right each frame, blue right of it: each of the 4
+    pairs turns 8 of 64 columns from blue to red (12.5% of the pixels); blue loses 1536 of its 6912 pixels."""
+    (tmp_path / "in").mkdir()
+    for index in range(5):
+        frame = np.zeros((*FRAME_SIZE, 3), dtype=np.uint8)
+        frame[:, : 16 + 8 * index, 2] = 255  # red (BGR)
+        frame[:, 16 + 8 * index:, 0] = 255  # blue
+        cv2.imwrite(str(tmp_path / "in" / f"{index}.png"), frame)
+    summary = VideoPipeline(FakeSegmenter(input_size=FRAME_SIZE), open_source(str(tmp_path / "in"))).run()
+    flicker = summary["flicker"]
+    assert flicker["frame_pairs"] == 4 and flicker["overall"] == pytest.approx(0.125)
+    assert flicker["per_class"] == {"red": 0.0, "green": None, "blue": pytest.approx(1536 / 6912)}
+    table = format_summary(summary)
+    assert "flicker" in table and "12.50%" in table and "22.22%" in table
+    assert json.loads(json.dumps(summary))["flicker"]["overall"] == pytest.approx(0.125)

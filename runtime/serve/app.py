@@ -235,8 +235,12 @@ def create_app(segmenters, config: ServeConfig | None = None, metrics: ServeMetr
 
     async def _segment_reserved(data: bytes, options: SegmentOptions, started: float) -> Response:
         image = await run_in_threadpool(decode_image, data, config.max_image_pixels)
+        wants_confidence = options.format == "confidence"
+        if wants_confidence and server.meta.fused_post and not server.meta.confidence:
+            raise ApiError(400, f"model {server.meta.model} returns class ids only; format=confidence needs a model "
+                                "exported with --fuse post --confidence (or without --fuse)")
         try:
-            future = server.batcher.submit(image)
+            future = server.batcher.submit(image, confidence=wants_confidence)
         except QueueFull as err:
             raise ApiError(503, f"server busy: {err}; retry later") from None
         try:
@@ -262,7 +266,10 @@ def create_app(segmenters, config: ServeConfig | None = None, metrics: ServeMetr
                 "batch_size": result.batch_size,
                 "classes": shares,
             }, headers=headers)
-        if options.overlay:
+        if wants_confidence:
+            body = await run_in_threadpool(encode_image, result.confidence, "png")
+            media_type = "image/png"
+        elif options.overlay:
             body = await run_in_threadpool(_render_overlay, server.segmenter, image, result.class_map, options,
                                            config.jpeg_quality)
             media_type = "image/jpeg" if options.encoding == "jpeg" else "image/png"

@@ -37,11 +37,13 @@ class InferenceResult:
     batch_size: int
     queue_ms: float
     inference_ms: float
+    confidence: np.ndarray | None = None  # uint8 0-255 max softmax probability, when the request asked for it
 
 
 @dataclass
 class _Job:
     image: np.ndarray
+    confidence: bool = False
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -114,9 +116,10 @@ class BatchingQueue:
     def alive_workers(self) -> int:
         return sum(thread.is_alive() for thread in self._threads)
 
-    def submit(self, image: np.ndarray) -> Future:
-        """Queue one HxWx3 uint8 RGB image; the future resolves to an :class:`InferenceResult` or the error."""
-        job = _Job(image)
+    def submit(self, image: np.ndarray, confidence: bool = False) -> Future:
+        """Queue one HxWx3 uint8 RGB image; the future resolves to an :class:`InferenceResult` (with the confidence
+        map when asked) or the error."""
+        job = _Job(image, confidence)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -199,8 +202,13 @@ class BatchingQueue:
     def _run_group(self, segmenter, jobs: list[_Job]) -> None:
         started = time.perf_counter()
         images = [job.image for job in jobs]
+        sizes = [image.shape[:2] for image in images]
         try:
-            maps = segmenter.finish(segmenter.run(segmenter.prepare(images)), [image.shape[:2] for image in images])
+            raw = segmenter.run(segmenter.prepare(images))
+            if any(job.confidence for job in jobs):  # the whole batch pays for it only when one request asks
+                maps, confidences = zip(*segmenter.finish_confidence(raw, sizes))
+            else:
+                maps, confidences = segmenter.finish(raw, sizes), [None] * len(jobs)
         except Exception as err:  # any failure must reach the waiting requests, never kill the worker
             if len(jobs) > 1:
                 # Run them one by one so that a single image the network rejects does not fail its neighbours.
@@ -216,6 +224,6 @@ class BatchingQueue:
             self._recent_batch_sizes.append(len(jobs))
             self.batches += 1
             self.images += len(jobs)
-        for job, class_map in zip(jobs, maps):
+        for job, class_map, confidence in zip(jobs, maps, confidences):
             job.future.set_result(InferenceResult(class_map, len(jobs), (started - job.enqueued) * 1000.0,
-                                                  elapsed * 1000.0))
+                                                  elapsed * 1000.0, confidence if job.confidence else None))

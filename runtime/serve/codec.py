@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from ..image_files import declared_size, image_format, is_complete, png_inflates_within_header
 
 SEGMENT_QUERY = {
-    "format": ("png", "json"),
+    "format": ("png", "json", "confidence"),  # confidence: max softmax probability 0-255 as a grey PNG
     "overlay": ("0", "1", "false", "true"),
     "encoding": ("png", "jpeg"),
     "alpha": None,  # a number in [0, 1]
@@ -128,8 +128,10 @@ def parse_segment_query(params) -> SegmentOptions:
         if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
             raise ApiError(400, f"alpha must lie in [0, 1], got {values['alpha']}")
         options = dataclasses.replace(options, alpha=alpha)
-    if options.format == "json" and (overlay or "encoding" in values or "alpha" in values):
-        raise ApiError(400, "format=json returns class shares; it cannot be combined with overlay, encoding or alpha")
+    if options.format != "png" and (overlay or "encoding" in values or "alpha" in values):
+        what = "class shares" if options.format == "json" else "the confidence map"
+        raise ApiError(400, f"format={options.format} returns {what}; it cannot be combined with overlay, encoding "
+                            "or alpha")
     if not overlay and options.encoding == "jpeg":
         raise ApiError(400, "a class map is only sent as lossless PNG; encoding=jpeg needs overlay=1")
     if not overlay and "alpha" in values:

@@ -10,7 +10,8 @@ import argparse
 import json
 import sys
 
-from ..arguments import add_model_arguments, count_argument, fraction_argument, size_argument
+from ..arguments import add_model_arguments, backend_options, count_argument, fraction_argument, size_argument
+from ..errors import ConfigError
 from ..segmenter import Segmenter
 from .pipeline import INCOMPLETE_ENDINGS, ReconnectPolicy, VideoPipeline, open_with_retry
 from .render import OverlayRenderer
@@ -42,6 +43,9 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=fraction_argument, default=0.5,
                         help="weight of the class colours (default: 0.5)")
     parser.add_argument("--legend", action="store_true", help="draw the names of the classes in view")
+    parser.add_argument("--show-confidence", action="store_true",
+                        help="tint pixels whose max softmax probability is below 0.5 (a logits model, or one exported "
+                             "with --fuse post --confidence)")
     parser.add_argument("--max-frames", type=count_argument(1), metavar="N", help="stop after N frames")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object (last line)")
     parser.add_argument("--size", type=size_argument, metavar="HxW",
@@ -60,17 +64,23 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def segment_video(model, source: str, out: str | None = None, *, backend: str = "auto", device: str = "auto",
-                  size=None, alpha: float = 0.5, legend: bool = False, max_frames: int | None = None,
+                  size=None, alpha: float = 0.5, legend: bool = False, show_confidence: bool = False,
+                  max_frames: int | None = None,
                   queue: int = 2, gst: bool = False, show: bool = False,
-                  reconnect: ReconnectPolicy | None = None, progress: bool = True) -> dict:
+                  reconnect: ReconnectPolicy | None = None, progress: bool = True,
+                  options: dict | None = None) -> dict:
     """Segment ``source`` (a URI, see :data:`SOURCE_FORMS`) with ``model`` into ``out``; returns the run's summary.
 
     The library form of ``edgeseg video``: the summary holds the frame counts, FPS, per-stage latencies and
     ``ended_by`` (see :data:`INCOMPLETE_ENDINGS` for the endings that mean the source was not read to its end).
+    ``options`` are backend settings passed to :meth:`Segmenter.load`.
     """
     spec = parse_source(source)  # a typo in the source is reported before the model loads
     policy = reconnect or ReconnectPolicy()
-    with Segmenter.load(model, backend=backend, device=device, size=size) as segmenter:
+    with Segmenter.load(model, backend=backend, device=device, size=size, **(options or {})) as segmenter:
+        if show_confidence and segmenter.meta.fused_post and not segmenter.meta.confidence:
+            raise ConfigError(f"{model} returns class ids only: --show-confidence needs a model exported with "
+                              "--fuse post --confidence (or without --fuse)")
         opened = open_with_retry(lambda: open_source(spec, gst=gst), spec.uri or source, spec.is_live, policy,
                                  log=lambda line: print(line, file=sys.stderr, flush=True))
         sinks: list[VideoSink] = []
@@ -85,7 +95,7 @@ def segment_video(model, source: str, out: str | None = None, *, backend: str = 
             pipeline = VideoPipeline(
                 segmenter, opened, sinks,
                 reopen=lambda: open_source(spec, gst=gst),
-                alpha=alpha, legend=legend, max_frames=max_frames, queue_size=queue,
+                alpha=alpha, legend=legend, show_confidence=show_confidence, max_frames=max_frames, queue_size=queue,
                 reconnect=policy, progress=progress,
             )
         except BaseException:
@@ -98,9 +108,11 @@ def segment_video(model, source: str, out: str | None = None, *, backend: str = 
 
 def run_video(args: argparse.Namespace) -> int:
     summary = segment_video(args.model, args.source, args.out, backend=args.backend, device=args.device,
-                            size=args.size, alpha=args.alpha, legend=args.legend, max_frames=args.max_frames,
+                            size=args.size, alpha=args.alpha, legend=args.legend,
+                            show_confidence=args.show_confidence, max_frames=args.max_frames,
                             queue=args.queue, gst=args.gst, show=args.show,
-                            reconnect=ReconnectPolicy(attempts=args.reconnect, delay_s=args.reconnect_delay))
+                            reconnect=ReconnectPolicy(attempts=args.reconnect, delay_s=args.reconnect_delay),
+                            options=backend_options(args, "video"))
     print(json.dumps(summary) if args.json else format_summary(summary), flush=True)
     if summary["interrupted"]:
         return 130

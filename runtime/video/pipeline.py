@@ -33,7 +33,7 @@ from ..preprocess import resize_image
 from .render import OverlayRenderer
 from .sinks import VideoSink
 from .sources import VideoSource
-from .stats import FpsMeter, StageTimes
+from .stats import FlickerMeter, FpsMeter, StageTimes
 
 # How often a blocked thread wakes up to check whether the run was stopped.
 POLL_S = 0.05
@@ -115,6 +115,7 @@ class VideoPipeline:
         reopen: Opens the source again after a live stream breaks; None disables reconnecting.
         alpha: Weight of the class colours in the overlay.
         legend: Draw a legend of the classes present.
+        show_confidence: Tint low-confidence pixels (needs ``finish_confidence`` on the segmenter).
         max_frames: Stop after this many frames have been rendered.
         queue_size: Depth of the queues between stages for files; live sources use 1, the least latency.
         reconnect: Back-off policy for ``reopen``.
@@ -124,8 +125,9 @@ class VideoPipeline:
 
     def __init__(self, segmenter: Any, source: VideoSource, sinks: Sequence[VideoSink] = (), *,
                  reopen: Callable[[], VideoSource] | None = None, alpha: float = 0.5, legend: bool = False,
-                 max_frames: int | None = None, queue_size: int = 2, reconnect: ReconnectPolicy = ReconnectPolicy(),
-                 progress: bool = False, log: Callable[[str], None] = _print_to_stderr):
+                 show_confidence: bool = False, max_frames: int | None = None, queue_size: int = 2,
+                 reconnect: ReconnectPolicy = ReconnectPolicy(), progress: bool = False,
+                 log: Callable[[str], None] = _print_to_stderr):
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
         self.segmenter = segmenter
@@ -138,6 +140,8 @@ class VideoPipeline:
         self.log = log
         meta = segmenter.meta
         self.renderer = OverlayRenderer(meta.palette, meta.classes, alpha=alpha, legend=legend, label=meta.model)
+        self.show_confidence = show_confidence
+        self.flicker = FlickerMeter()
         self._live = source.is_live
         depth = 1 if self._live else queue_size  # a live frame waiting in a queue is latency, not throughput
         self._decoded: queue.Queue = queue.Queue(maxsize=depth)
@@ -294,12 +298,17 @@ class VideoPipeline:
                 return
             started = time.perf_counter()
             fps = fps_meter.tick(started)
-            class_map = self.segmenter.finish(item.raw, [item.image.shape[:2]])[0]
+            confidence = None
+            if self.show_confidence:
+                class_map, confidence = self.segmenter.finish_confidence(item.raw, [item.image.shape[:2]])[0]
+            else:
+                class_map = self.segmenter.finish(item.raw, [item.image.shape[:2]])[0]
+            self.flicker.add(class_map)
             finished = time.perf_counter()
             stage_seconds = dict(decode=item.decode_s, preprocess=item.preprocess_s, infer=item.infer_s,
                                  postprocess=finished - started)
             if self.sinks:
-                rendered = self.renderer.render(item.image, class_map, fps)
+                rendered = self.renderer.render(item.image, class_map, fps, confidence)
                 for sink in self.sinks:
                     sink.write(rendered)
                 stage_seconds["render"] = time.perf_counter() - finished
@@ -335,7 +344,7 @@ class VideoPipeline:
             ``wall_s`` and ``fps`` (frames / wall seconds); ``stage_ms`` = ``{stage: {p50, p99, mean}}`` for decode,
             preprocess, infer, postprocess, render and e2e; ``dropped`` stale live frames; ``reconnects``
             (successful) and ``reconnect_attempts``; ``interrupted``; ``ended_by`` = end, truncated, max-frames, window,
-            interrupt or stream-lost.
+            interrupt or stream-lost; ``flicker`` (see :class:`~.stats.FlickerMeter`).
 
         Raises:
             The first error of any stage, after every thread has ended and partial outputs have been removed.
@@ -398,4 +407,5 @@ class VideoPipeline:
             "reconnect_attempts": self.reconnect_attempts,
             "interrupted": interrupted,
             "ended_by": self.ended_by,
+            "flicker": self.flicker.summary(self.segmenter.meta.classes),
         }

@@ -13,6 +13,11 @@ import numpy as np
 from ..preprocess import draw_legend
 
 
+LOW_CONFIDENCE = 128
+"""Pixels whose maximum softmax probability is below this (of 255, i.e. p < 0.5) get the low-confidence tint."""
+TINT_BGR = (255, 0, 255)
+
+
 class OverlayRenderer:
     """Blends class colours over BGR frames and writes the smoothed FPS and model name in a corner.
 
@@ -37,11 +42,19 @@ class OverlayRenderer:
         self.legend = legend
         self.label = label
 
-    def render(self, frame: np.ndarray, class_map: np.ndarray, fps: float | None = None) -> np.ndarray:
-        """Draw onto ``frame`` (in place, and returned); ``class_map`` must have the frame's height and width."""
+    def render(self, frame: np.ndarray, class_map: np.ndarray, fps: float | None = None,
+               confidence: np.ndarray | None = None) -> np.ndarray:
+        """Draw onto ``frame`` (in place, and returned); ``class_map`` must have the frame's height and width.
+
+        With ``confidence`` (uint8 0-255, same size), pixels below :data:`LOW_CONFIDENCE` are tinted magenta, so
+        the viewer sees where the model is unsure rather than a confident-looking colour.
+        """
         if self.alpha > 0:
             colours = cv2.applyColorMap(np.ascontiguousarray(class_map, dtype=np.uint8), self._lut)
             cv2.addWeighted(frame, 1.0 - self.alpha, colours, self.alpha, 0.0, dst=frame)
+        if confidence is not None:
+            low = confidence < LOW_CONFIDENCE
+            frame[low] = (0.4 * frame[low] + 0.6 * np.array(TINT_BGR)).astype(np.uint8)
         if self.legend:
             present = np.flatnonzero(np.bincount(class_map.ravel(), minlength=len(self.class_names)))
             draw_legend(frame, present, self.bgr_palette, self.class_names)

@@ -39,6 +39,39 @@ class StageTimes:
         return table
 
 
+class FlickerMeter:
+    """Temporal stability: the share of pixels whose class changes between consecutive frames.
+
+    A steady scene segmented by a steady model changes few pixels from one frame to the next; a model that flips
+    boundary or rare-class pixels back and forth (flicker) changes many. Per class, the figure is the share of the
+    pixels of that class in the earlier frame that hold another class in the next one. A frame whose size differs
+    from the one before (a reconnect at another resolution) starts a new pair.
+    """
+
+    def __init__(self) -> None:
+        self.changed = np.zeros(256, dtype=np.int64)
+        self.pixels = np.zeros(256, dtype=np.int64)
+        self.pairs = 0
+        self._previous: np.ndarray | None = None
+
+    def add(self, class_map: np.ndarray) -> None:
+        previous, self._previous = self._previous, class_map
+        if previous is None or previous.shape != class_map.shape:
+            return
+        self.pixels += np.bincount(previous.ravel(), minlength=256)
+        self.changed += np.bincount(previous[previous != class_map], minlength=256)
+        self.pairs += 1
+
+    def summary(self, class_names) -> dict[str, Any]:
+        """``{"overall", "per_class": {name: share or None}, "frame_pairs"}``; shares are fractions, None
+        where no pixel of the class (or no frame pair) was seen."""
+        total = int(self.pixels.sum())
+        per_class = {name: (round(float(self.changed[i] / self.pixels[i]), 6) if self.pixels[i] else None)
+                     for i, name in enumerate(class_names)}
+        overall = round(float(self.changed.sum() / total), 6) if total else None
+        return {"overall": overall, "per_class": per_class, "frame_pairs": self.pairs}
+
+
 class FpsMeter:
     """Frame rate smoothed over roughly the last ``1 / smoothing`` frames, for the on-frame display."""
 
@@ -75,5 +108,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     for stage, row in summary["stage_ms"].items():
         cells = "".join(f"{'-' if row[key] is None else f'{row[key]:.2f}':>10}" for key in ("p50", "p99", "mean"))
         lines.append(f"{stage:<12}{cells}")
+    flicker = summary.get("flicker")
+    if flicker and flicker["overall"] is not None:
+        lines += ["", f"{'flicker':<12}{100 * flicker['overall']:>9.2f}%  of pixels change class between frames "
+                      f"({flicker['frame_pairs']} frame pairs)"]
+        lines += [f"  {name:<10}{100 * share:>9.2f}%" for name, share in flicker["per_class"].items()
+                  if share is not None]
     return "\n".join(lines)
 
