@@ -16,7 +16,7 @@ setup:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[runtime,train,export,serve,triton,dev]"
+	$(BIN)/pip install --quiet -e ".[runtime,train,export,serve,triton,openvino,dev]"
 	$(BIN)/pip install --quiet --no-warn-conflicts --no-deps "nvidia-pytriton==0.7.0"
 	$(BIN)/pip install --quiet --no-warn-conflicts --upgrade --target $(VENV)/triton-python "numpy<2"
 	# NVIDIA's TensorRT type stubs for `make test`'s type check; --no-deps because they require tensorrt itself

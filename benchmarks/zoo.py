@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeseg.runtime.arguments import size_argument
-from edgeseg.runtime.backends.onnx_runtime import CUDA_EP, TENSORRT_EP, OnnxRuntimeBackend, default_threads
+from edgeseg.runtime.backends.base import default_threads
+from edgeseg.runtime.backends.onnx_runtime import CUDA_EP, TENSORRT_EP, OnnxRuntimeBackend
 from edgeseg.runtime.bench import DEFAULT_CAMERA_SIZE, benchmark
 from edgeseg.runtime.datasets import open_dataset
 from edgeseg.runtime.errors import ConfigError, EdgesegError

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .backends import BACKEND_NAMES
+from .backends import BACKEND_NAMES, backend_name
 from .errors import ConfigError
 from .sizes import parse_size
 
@@ -17,6 +17,12 @@ MODEL_HELP = ("model to run: .onnx, .engine/.plan (with its JSON sidecar), .pt c
               "triton://host:port/model")
 DEVICE_HELP = ("where to run: auto (best available, warns on a CPU fallback), cpu, cuda, cuda:N, tensorrt[:N] "
                "(ONNX Runtime's TensorRT provider); explicit devices fail instead of falling back")
+
+
+ORT_SPINNING = {"eval": False, "bench": False, "serve": False, "video": False}
+"""Each command's default for ONNX Runtime's intra-op spinning (``--ort-spinning``). Off everywhere, as before issue
+17, until its measurement chooses: the fastest setting for bench/serve, and for video the best end-to-end FPS with
+decode threads running (spinning made small models faster alone, but it takes cycles from those threads)."""
 
 
 def count_argument(minimum: int):
@@ -59,3 +65,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=BACKEND_NAMES,
                         help="inference backend; auto picks it from the model's suffix or scheme (default: auto)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--ov-precision", metavar="fp32|bf16",
+                        help="OpenVINO's inference precision (--backend openvino; default: fp32). bf16 needs a CPU "
+                             "with BF16 units and is refused elsewhere; an INT8 export runs its Q/DQ graph as it is")
+    parser.add_argument("--ort-spinning", choices=("on", "off"),
+                        help="whether ONNX Runtime's idle CPU threads spin-wait instead of sleeping: shorter calls, "
+                             "but fewer cycles for other threads such as video decode (default: off)")
+
+
+def backend_options(args: argparse.Namespace, command: str) -> dict:
+    """The backend settings of a model command's flags, for :meth:`Segmenter.load`: given ones, plus this command's
+    spinning policy (:data:`ORT_SPINNING`) when the model runs on ONNX Runtime."""
+    spinning = None if args.ort_spinning is None else args.ort_spinning == "on"
+    if spinning is None and backend_name(args.model, args.backend) == "onnxruntime":
+        spinning = ORT_SPINNING[command]
+    return {"precision": args.ov_precision, "spinning": spinning}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .arguments import add_model_arguments, count_argument, size_argument
+from .arguments import add_model_arguments, backend_options, count_argument, size_argument
 from .bench import DEFAULT_CAMERA_SIZE, benchmark, format_bench_table
 from .io import write_json_atomic
 from .metrics import format_iou_table
@@ -40,7 +40,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     dataset = open_dataset(args.data, args.split)
-    with Segmenter.load(args.model, backend=args.backend, device=args.device, size=args.size) as segmenter:
+    with Segmenter.load(args.model, backend=args.backend, device=args.device, size=args.size,
+                        **backend_options(args, "eval")) as segmenter:
         result = evaluate(segmenter, dataset, batch_size=args.batch, limit=args.limit)
     if args.save:
         write_json_atomic(args.save, result)
@@ -48,7 +49,8 @@ def run_eval(args: argparse.Namespace) -> int:
         _print_json_line(result)
     else:
         print(f"{result['model']} on {result['dataset']} {args.split}: {result['images']} images in "
-              f"{result['seconds']:.1f} s ({result['backend']}, {', '.join(result['providers'])})")
+              f"{result['seconds']:.1f} s ({result['backend']}, {', '.join(result['providers'])}"
+              + (f", computed in {result['compute_precision']})" if result["compute_precision"] else ")"))
         print(format_iou_table(result))
     return 0
 
@@ -72,7 +74,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     sizes = args.size or [None]
-    first = Segmenter.load(args.model, backend=args.backend, device=args.device, size=sizes[0])
+    first = Segmenter.load(args.model, backend=args.backend, device=args.device, size=sizes[0],
+                           **backend_options(args, "bench"))
     with first:
         # Every size is checked before any timing starts, so a refused size does not waste a long run.
         segmenters = [first] + [Segmenter(first.backend, size=size) for size in sizes[1:]]
@@ -88,8 +91,10 @@ def run_bench(args: argparse.Namespace) -> int:
         for row in rows:
             _print_json_line(row)
     else:
+        computed = first.backend.compute_precision
         print(f"{first.meta.model}: backend {first.backend.name}, device {first.backend.device}, providers "
-              f"{', '.join(first.providers)}, precision {first.meta.precision}")
+              f"{', '.join(first.providers)}, precision {first.meta.precision}"
+              + (f" (computed in {computed})" if computed else ""))
         print(format_machine(machine))
         print(format_bench_table(rows))
     return 0

@@ -47,8 +47,8 @@ def evaluate(segmenter: Segmenter, dataset, batch_size: int = 1, limit: int | No
 
     Returns:
         The :meth:`ConfusionMatrix.summary` keys (``miou``, ``pixel_acc``, ``per_class_iou`` by dataset class name)
-        plus ``images``, ``pixels``, ``seconds``, ``model``, ``backend``, ``device``, ``providers``, ``dataset``,
-        ``split``.
+        plus ``images``, ``pixels``, ``seconds``, ``model``, ``backend``, ``device``, ``providers``,
+        ``compute_precision`` (see :class:`~.backends.base.Backend`), ``dataset``, ``split``.
     """
     if batch_size < 1:
         raise DataError(f"batch size must be positive, got {batch_size}")
@@ -81,6 +81,7 @@ def evaluate(segmenter: Segmenter, dataset, batch_size: int = 1, limit: int | No
         "backend": backend.name,
         "device": backend.device,
         "providers": list(backend.providers),
+        "compute_precision": backend.compute_precision,
         "dataset": dataset.name,
         "split": getattr(dataset, "split", None),
     }

@@ -27,6 +27,7 @@ STAGES = {
     "export": ["edgeseg.export.commands", "edgeseg.export.onnx_export", "edgeseg.export.check",
                "edgeseg.export.precision", "edgeseg.export.triton", "edgeseg.export.deepstream"],
     "serve": ["edgeseg.runtime.serve.app", "edgeseg.runtime.serve.commands"],
+    "openvino": ["edgeseg.runtime.backends.openvino_runtime", "edgeseg.runtime.commands"],
 }
 BLOCKER = """
 import importlib, importlib.abc, sys

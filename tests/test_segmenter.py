@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -16,6 +17,8 @@ import pytest
 from edgeseg.runtime import ModelMeta, Segmenter
 from edgeseg.runtime import backends as backend_registry
 from edgeseg.runtime.backends import onnx_runtime, tensorrt_engine
+from edgeseg.runtime.arguments import ORT_SPINNING, add_model_arguments, backend_options
+from edgeseg.runtime.backends import base as backend_base
 from edgeseg.runtime.backends.base import adopt_input_size
 from edgeseg.runtime.backends.engine_sidecar import read_sidecar
 from edgeseg.runtime.backends.tensorrt_engine import EngineRunner, check_engine_compatibility, numpy_dtype
@@ -239,7 +242,7 @@ def test_backend_must_fit_the_model_kind(tiny_onnx):
     with pytest.raises(ModelFormatError, match="tensorrt"):
         Segmenter.load(tiny_onnx.static, backend="tensorrt")
     with pytest.raises(BackendUnavailable, match="unknown backend"):
-        Segmenter.load(tiny_onnx.static, backend="openvino")
+        Segmenter.load(tiny_onnx.static, backend="ncnn")
     with pytest.raises(BackendUnavailable, match="unknown device"):
         Segmenter.load(tiny_onnx.static, device="npu")
 
@@ -366,13 +369,42 @@ def test_provider_request_orders_gpu_providers_first():
 
 
 def test_thread_count_override(monkeypatch):
-    monkeypatch.delenv(onnx_runtime.THREADS_ENV, raising=False)
-    assert onnx_runtime.default_threads() == len(os.sched_getaffinity(0))  # the cores this process may use
-    monkeypatch.setenv(onnx_runtime.THREADS_ENV, "1")
-    assert onnx_runtime.default_threads() == 1
-    monkeypatch.setenv(onnx_runtime.THREADS_ENV, "many")
-    with pytest.raises(BackendUnavailable, match=onnx_runtime.THREADS_ENV):
-        onnx_runtime.default_threads()
+    monkeypatch.delenv(backend_base.THREADS_ENV, raising=False)
+    assert backend_base.default_threads() == len(os.sched_getaffinity(0))  # the cores this process may use
+    monkeypatch.setenv(backend_base.THREADS_ENV, "1")
+    assert backend_base.default_threads() == 1
+    monkeypatch.setenv(backend_base.THREADS_ENV, "many")
+    with pytest.raises(BackendUnavailable, match=backend_base.THREADS_ENV):
+        backend_base.default_threads()
+
+
+def spinning_of(segmenter: Segmenter) -> str:
+    options = segmenter.backend.session.get_session_options()
+    return options.get_session_config_entry("session.intra_op.allow_spinning")
+
+
+def test_ort_spinning_is_an_option_off_by_default(tiny_onnx):
+    with Segmenter.load(tiny_onnx.static, device="cpu") as default, \
+            Segmenter.load(tiny_onnx.static, device="cpu", spinning=True) as spinning:
+        assert spinning_of(default) == "0" and spinning_of(spinning) == "1"
+        np.testing.assert_array_equal(spinning.segment(quadrant_image()), quadrant_ids())
+    with pytest.raises(BackendUnavailable, match=r"'openvino' takes no option 'spinning' \(.* of onnxruntime\)"):
+        Segmenter.load(tiny_onnx.static, backend="openvino", spinning=True)
+
+
+def test_each_command_has_its_spinning_policy(tiny_onnx, monkeypatch):
+    """--ort-spinning wins; otherwise the command's entry of ORT_SPINNING applies, and only to ONNX Runtime."""
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    parse = parser.parse_args
+    assert backend_options(parse([str(tiny_onnx.static)]), "video")["spinning"] is False
+    monkeypatch.setitem(ORT_SPINNING, "bench", True)
+    assert backend_options(parse([str(tiny_onnx.static)]), "bench")["spinning"] is True
+    assert backend_options(parse([str(tiny_onnx.static)]), "video")["spinning"] is False
+    assert backend_options(parse([str(tiny_onnx.static), "--ort-spinning", "off"]), "bench")["spinning"] is False
+    assert backend_options(parse([str(tiny_onnx.static), "--backend", "openvino"]), "bench")["spinning"] is None
+    with pytest.raises(SystemExit):
+        parse([str(tiny_onnx.static), "--ort-spinning", "maybe"])
 
 
 # --- TensorRT, without TensorRT -------------------------------------------------------------------------------

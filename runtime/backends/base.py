@@ -8,14 +8,31 @@ TensorRT engine see identical pixels and are scored identically.
 from __future__ import annotations
 
 import abc
+import os
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import BackendUnavailable, MetadataError, ModelFormatError
 from ..metadata import ModelMeta
+from ..sysinfo import usable_cores
 
 DEVICE_KINDS = ("auto", "cpu", "cuda", "tensorrt")
+
+THREADS_ENV = "EDGESEG_ORT_THREADS"
+"""Environment variable that overrides the CPU inference thread count of the ONNX Runtime and OpenVINO backends
+(e.g. to leave cores to a video decoder; ``edgeseg serve --workers N`` sets it to each worker's share)."""
+
+
+def default_threads() -> int:
+    """CPU inference threads: the cores this process may use (cgroup/taskset aware), or the value of ``THREADS_ENV``."""
+    override = os.environ.get(THREADS_ENV)
+    if override:
+        try:
+            return max(1, int(override))
+        except ValueError:
+            raise BackendUnavailable(f"{THREADS_ENV} must be an integer, got {override!r}") from None
+    return usable_cores()
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -59,11 +76,15 @@ class Backend(abc.ABC):
     """A loaded network that maps a prepared batch to raw outputs.
 
     Attributes:
-        name: One of ``"onnxruntime"``, ``"tensorrt"``, ``"torch"``, ``"triton"``; reported by bench and eval.
+        name: One of ``"onnxruntime"``, ``"openvino"``, ``"tensorrt"``, ``"torch"``, ``"triton"``; reported by
+            bench and eval.
         meta: The model card read from the artefact; the Segmenter trusts it for sizes, normalisation and classes.
         providers: What really executes the graph (for ONNX Runtime the providers of the created session, otherwise
             e.g. ``["cuda:0"]``), so a report can never claim a GPU run that fell back to the CPU.
         device: Short form of where it runs (``"cpu"``, ``"cuda:0"``, ``"tensorrt:0"``, a server address).
+        compute_precision: The precision the engine really computes in, read back from the compiled model where the
+            engine may choose one other than the graph's (OpenVINO: ``"bf16"``, ``"int8 (3/5 conv) + fp32"``);
+            ``None`` where the graph's own precision (``meta.precision``) is what runs.
         max_batch: Largest batch one :meth:`run` call accepts (``None``: no limit). Static-batch models say 1 here
             and the Segmenter splits bigger batches.
     """
@@ -72,6 +93,7 @@ class Backend(abc.ABC):
     meta: ModelMeta
     providers: list[str]
     device: str = "cpu"
+    compute_precision: str | None = None
     max_batch: int | None = None
 
     @abc.abstractmethod

@@ -19,16 +19,12 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from ..errors import BackendUnavailable, MetadataError, ModelFormatError
 from ..metadata import METADATA_KEY, ModelMeta
-from ..sysinfo import usable_cores
-from .base import Backend, adopt_input_size, parse_device
+from .base import Backend, adopt_input_size, default_threads, parse_device
 
 TENSORRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 GPU_EPS = (TENSORRT_EP, CUDA_EP)
-
-THREADS_ENV = "EDGESEG_ORT_THREADS"
-"""Environment variable that overrides the intra-op thread count (e.g. to leave cores to a video decoder)."""
 
 ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -83,17 +79,6 @@ def provider_request(device: str, available: list[str]) -> list[str | tuple[str,
     return [*providers, CPU_EP]
 
 
-def default_threads() -> int:
-    """Intra-op threads: the cores this process may use (cgroup/taskset aware), or the value of ``THREADS_ENV``."""
-    override = os.environ.get(THREADS_ENV)
-    if override:
-        try:
-            return max(1, int(override))
-        except ValueError:
-            raise BackendUnavailable(f"{THREADS_ENV} must be an integer, got {override!r}") from None
-    return usable_cores()
-
-
 def read_onnx_meta(session, path: str) -> ModelMeta:
     """The edgeseg model card stored in the ONNX file's metadata."""
     custom = session.get_modelmeta().custom_metadata_map
@@ -112,12 +97,15 @@ class OnnxRuntimeBackend(Backend):
         path: The ``.onnx`` file, exported by edgeseg (its metadata is required).
         device: ``auto`` (best available, warn on fallback), ``cpu``, ``cuda[:N]`` or ``tensorrt[:N]`` (fail when
             the session does not really run there).
-        threads: Intra-op CPU threads; defaults to the usable cores (see :func:`default_threads`).
+        threads: Intra-op CPU threads; defaults to the usable cores (see :func:`~.base.default_threads`).
+        spinning: Whether idle intra-op workers spin-wait for the next task instead of sleeping. Off by default: a
+            video pipeline's decode/encode threads need those cycles; spinning shortens each call of a small model
+            (issue 17), so ``edgeseg`` chooses it per command (``--ort-spinning``).
     """
 
     name = "onnxruntime"
 
-    def __init__(self, path: str, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, path: str, device: str = "auto", threads: int | None = None, spinning: bool = False) -> None:
         self.path = str(path)
         requested = provider_request(device, onnxruntime.get_available_providers())
         requested_names = [p if isinstance(p, str) else p[0] for p in requested]
@@ -129,8 +117,7 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle workers sleep instead of spinning: decode/encode threads of a video pipeline need those cycles.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         try:
             self.session = onnxruntime.InferenceSession(self.path, sess_options=options, providers=requested)
         except ort_errors.EPFail as err:

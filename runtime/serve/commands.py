@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from ..arguments import add_model_arguments, count_argument, fraction_argument, size_argument
+from ..arguments import add_model_arguments, backend_options, count_argument, fraction_argument, size_argument
 from ..errors import EdgesegError
 
 LOOPBACK = "127.0.0.1"
@@ -190,7 +190,7 @@ def run_serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as err:
         raise EdgesegError(f"edgeseg serve needs the serve extra (pip install 'edgeseg[serve]'): {err}") from None
-    from ..backends.onnx_runtime import THREADS_ENV, default_threads
+    from ..backends.base import THREADS_ENV, default_threads
     from ..segmenter import Segmenter
     from .app import ServeConfig, create_app
 
@@ -203,7 +203,8 @@ def run_serve(args: argparse.Namespace) -> int:
     segmenters = []
     try:
         for _ in range(args.workers):
-            segmenters.append(Segmenter.load(args.model, backend=args.backend, device=args.device, size=args.size))
+            segmenters.append(Segmenter.load(args.model, backend=args.backend, device=args.device, size=args.size,
+                                             **backend_options(args, "serve")))
             _warm_up(segmenters[-1])
         config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              max_image_bytes=int(args.max_image_mb * 2 ** 20), source=args.source,
