@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from test_segmenter import FAKE_TRT, FakeCuda, fake_runtime_tensorrt
+from test_backend_standins import FAKE_TRT, FakeCuda, fake_runtime_tensorrt
 from test_tensorrt_build import FakeTensorRT
 
 STUBS = Path(sys.prefix) / "typings"
