@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,18 +42,13 @@ from edgeseg.runtime.sysinfo import describe_machine, format_machine
 from edgeseg.training.checkpoint import load_checkpoint, model_card, save_checkpoint
 from edgeseg.training.models import create_model, list_models
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import git_commit  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 # Variant label -> (precision, INT8 scheme): the TensorRT-ready Q/DQ, and the one for ONNX Runtime's CPU kernels.
 VARIANTS = {"fp32": ("fp32", "tensorrt"), "fp16": ("fp16", "tensorrt"), "int8": ("int8", "tensorrt"),
             "int8-cpu": ("int8", "cpu")}
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def header(title: str, description: str, machine: dict) -> list[str]:

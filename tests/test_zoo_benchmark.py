@@ -39,6 +39,7 @@ def _load_zoo_module():
 
 
 zoo = _load_zoo_module()
+import zoo_report  # noqa: E402  (on sys.path once zoo.py is loaded: its reports)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -87,17 +88,17 @@ def test_pareto_front_keeps_only_points_nobody_beats():
     points = [(10.0, 0.50), (20.0, 0.40), (15.0, 0.30), (5.0, 0.60), (20.0, 0.40), (10.0, 0.45)]
     # (15, 0.30) loses to (20, 0.40) on both axes; (10, 0.45) ties (10, 0.50) on FPS and loses on mIoU.
     # The two equal (20, 0.40) points do not beat each other, so both stay. Ordered by FPS.
-    assert zoo.pareto_front(points) == [3, 0, 1, 4]
+    assert zoo_report.pareto_front(points) == [3, 0, 1, 4]
 
 
 def test_pareto_front_of_one_point_and_of_none():
-    assert zoo.pareto_front([(3.0, 0.1)]) == [0]
-    assert zoo.pareto_front([]) == []
+    assert zoo_report.pareto_front([(3.0, 0.1)]) == [0]
+    assert zoo_report.pareto_front([]) == []
 
 
 def test_pareto_front_of_a_chain_is_every_point():
     points = [(float(fps), 1.0 / fps) for fps in (8, 1, 4, 2)]  # faster is always less accurate
-    assert zoo.pareto_front(points) == [1, 3, 2, 0]
+    assert zoo_report.pareto_front(points) == [1, 3, 2, 0]
 
 
 # ---------------------------------------------------------------------------------------------------- report writers
@@ -135,8 +136,8 @@ def test_markdown_report_has_a_table_per_size_with_skips_explained_once():
             fake_row("fast", (180, 240), "fp16", None, None, cpu_fp16),
             fake_row("big", (180, 240), "fp32", 20.0, 0.35), fake_row("big", (180, 240), "fp16", None, None, cpu_fp16),
             fake_row("fast", (360, 480), "fp32", 30.0, 0.45)]
-    zoo.mark_pareto(rows)
-    markdown = zoo.markdown_report(rows, [provenance("fast", 800), provenance("big", None)], {
+    zoo_report.mark_pareto(rows)
+    markdown = zoo_report.markdown_report(rows, [provenance("fast", 800), provenance("big", None)], {
         "cpu": "Test CPU", "cpu_cores": 2, "cpu_cores_usable": 2, "memory_gib": 4.0, "os": "Linux", "python": "3.11",
         "packages": {"onnxruntime": "1.0"}, "gpus": []}, "python benchmarks/zoo.py --x", "2030-01-01", "zoo_pareto.png")
 
@@ -157,8 +158,8 @@ def test_markdown_report_has_a_table_per_size_with_skips_explained_once():
 
 def test_csv_report_has_one_line_per_row_with_the_numbers():
     rows = [fake_row("fast", (180, 240), "fp32", 100.0, 0.40), fake_row("fast", (180, 240), "fp16", None, None, "no")]
-    zoo.mark_pareto(rows)
-    parsed = list(csv.DictReader(io.StringIO(zoo.csv_report(rows))))
+    zoo_report.mark_pareto(rows)
+    parsed = list(csv.DictReader(io.StringIO(zoo_report.csv_report(rows))))
     assert [line["precision"] for line in parsed] == ["fp32", "fp16"]
     assert float(parsed[0]["p50_ms"]) == pytest.approx(10.0) and float(parsed[0]["fps"]) == pytest.approx(100.0)
     assert parsed[0]["size"] == "180x240" and parsed[0]["pareto"] == "True"
