@@ -1,5 +1,8 @@
 """Distillation sweep: the plain student and the student under each method, same data, iterations and seeds.
 
+(About 490 lines: the sweep's training, ledger, timing pass and summary share the config helpers at its top; the
+statistics are in stats.py and the markdown in distill_report.py.)
+
 Trains every (method, seed) pair of a protocol in ``configs/distill/<protocol>/``, scores each final checkpoint on
 the validation split, measures the step time of every method against the plain student in one timing pass (the
 methods interleaved with plain runs, so machine load affects both alike), and writes

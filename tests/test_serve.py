@@ -1,5 +1,8 @@
 """Tests of ``edgeseg serve``: the pieces with a fake segmenter, then real uvicorn servers on loopback ports running
-the tiny ONNX models from conftest, then the command line in a subprocess."""
+the tiny ONNX models from conftest, then the command line in a subprocess.
+
+Over 450 lines because its fakes and server helpers are shared with test_serve_limits.py and test_fuzz.py, which
+hold the hostile-input tests."""
 
 from __future__ import annotations
 
