@@ -20,6 +20,7 @@ from .formats import (CHECK_OPTIONS, DEFAULT_OPSET, GRAPH_OPTIONS, ExportFormat,
 
 if TYPE_CHECKING:
     from .check import ParityResult
+    from .int8_budget import Int8Budget
     from .onnx_export import OnnxExport, OnnxOptions
 
 Log = Callable[[str], None]
@@ -44,6 +45,7 @@ class ExportOptions:
     calib_images: int = 32
     calib_method: str = "minmax"
     int8_scheme: str = "tensorrt"
+    max_drop: float | None = None
     fuse: str = "none"
     class_dtype: str = "uint8"
     confidence: bool = False
@@ -157,7 +159,7 @@ class ExportJob:
         if out_path is None:
             name = default_onnx_name(card["model"]["name"], graph.size, graph.precision, dynamic, batch, graph.fuse)
             out_path = (out_dir or self.source.parent) / name
-        calibration = None
+        calibration = budget = None
         if graph.precision == "int8":
             calibration = load_calibration_images(opts.calib or "", opts.calib_split, opts.calib_images)
             self.log(f"int8: calibrating on {len(calibration)} images of {opts.calib} ({opts.calib_split})")
@@ -165,7 +167,9 @@ class ExportJob:
                 self.log(f"warning: {len(calibration)} calibration images is below the {MIN_CALIB_IMAGES} a "
                          "segmentation network needs for reliable activation ranges (rare classes cover few pixels); "
                          "raise --calib-images")
-        result = onnx_export.export_onnx(model, card, graph, out_path, self.source.name, calibration)
+            if opts.max_drop is not None:
+                budget = self._budget(card, calibration, opts.max_drop)
+        result = onnx_export.export_onnx(model, card, graph, out_path, self.source.name, calibration, budget)
         self.log(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB, opset {graph.opset})")
         for spec in result.io:
             shape = "x".join("?" if d is None else str(d) for d in spec.shape)
@@ -174,8 +178,33 @@ class ExportJob:
             self.log(f"  {note}")
         parity = self._parity(model, result.path, card, graph.size) if opts.check else []
         if opts.check_report:
+            if budget is not None:
+                from .int8_budget import write_budget_report
+
+                report = write_budget_report(opts.check_report, result.meta.extra["int8_budget"],
+                                             f"{len(calibration or [])} images of {opts.calib} ({opts.calib_split})")
+                self.log(f"int8 budget report: {report}")
             self._check_report(result.path, card)
         return GraphExport(result, graph, parity)
+
+    def _budget(self, card: dict, calibration: list, max_drop: float) -> Int8Budget:
+        """``--max-drop``: the budget search, on labelled check data (``check_data``, else the checkpoint's dataset
+        val split, else the embedded CamVid sample) without the calibration images; all images unless
+        ``--check-images`` is given."""
+        from .int8_budget import Int8Budget, load_check_set
+
+        opts = self.options
+        data = (card.get("config") or {}).get("data") or {}
+        if opts.check_data:
+            spec, split = opts.check_data, "val"
+        else:
+            spec, split = data.get("dataset") or "camvid", data.get("val_split") or "val"
+        count = opts.check_images if opts.given("check_images") else None
+        check = load_check_set(spec, split, count, calibration)
+        if check.overlap:
+            self.log(f"int8 budget: {check.overlap} check image(s) of {check.spec} are calibration images and are "
+                     "left out")
+        return Int8Budget(max_drop, check, self.log)
 
     def _check_report(self, onnx_path: Path, card: dict) -> None:
         """``--check-report``: the ``edgeseg compare`` report of the checkpoint against the graph just written."""
@@ -268,8 +297,8 @@ def validate(fmt: ExportFormat, source: Path, options: ExportOptions) -> None:
     if options.precision == "int8" and options.calib is None:
         raise ConfigError("--precision int8 needs calibration images: add --calib DATASET[:ROOT] (e.g. --calib camvid "
                           "for the embedded CamVid sample, or --calib camvid:/data/camvid)")
-    calib_given = [option_flag(d) for d in ("calib", "calib_split", "calib_images", "calib_method", "int8_scheme")
-                   if options.given(d)]
+    calib_given = [option_flag(d) for d in ("calib", "calib_split", "calib_images", "calib_method", "int8_scheme",
+                                            "max_drop") if options.given(d)]
     if options.precision != "int8" and calib_given:
         raise ConfigError(f"{', '.join(calib_given)} only apply to --precision int8")
     for dest in ("class_dtype", "confidence"):
@@ -278,7 +307,11 @@ def validate(fmt: ExportFormat, source: Path, options: ExportOptions) -> None:
     if options.batch is not None and options.dynamic in ("batch", "all"):
         raise ConfigError("--batch fixes the batch size, --dynamic batch frees it: use one (an engine's batch range "
                           "is set with --min-shape/--opt-shape/--max-shape)")
-    check_only = [option_flag(d) for d in CHECK_OPTIONS if d != "check" and options.given(d)]
+    if options.max_drop is not None and options.max_drop < 0:
+        raise ConfigError(f"--max-drop is a number of mIoU points, 0 or more; got {options.max_drop}")
+    budget_takes = ("check_data", "check_images", "check_report") if options.max_drop is not None else ()
+    check_only = [option_flag(d) for d in CHECK_OPTIONS
+                  if d != "check" and d not in budget_takes and options.given(d)]
     if check_only and not options.check:
         raise ConfigError(f"{', '.join(check_only)} configure the parity check: add --check")
 

@@ -48,6 +48,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     graph.add_argument("--int8-scheme", choices=("tensorrt", "cpu"),
                        help="int8 Q/DQ form: tensorrt (symmetric S8S8, what TensorRT builds; default) or cpu "
                             "(U8S8, fast on ONNX Runtime's x86 kernels, refused by TensorRT)")
+    graph.add_argument("--max-drop", type=float, metavar="POINTS",
+                       help="int8: mIoU points the INT8 graph may lose against FP32 on the check data (--check-data, "
+                            "minus the calibration images); the layers that cost most stay in float until it holds, "
+                            "else exit 1")
     graph.add_argument("--fuse", choices=("none", "pre", "post", "all"),
                        help="pre: uint8 NHWC input normalised in the graph; post: argmax in the graph, class ids out")
     graph.add_argument("--class-dtype", choices=("uint8", "int32"),
@@ -61,7 +65,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--check-data", metavar="DATASET[:ROOT]",
                        help="images to check on (default: the checkpoint's dataset val split, else the embedded "
                             "CamVid sample)")
-    check.add_argument("--check-images", type=int, metavar="N", help="images to check (%(default)s)")
+    check.add_argument("--check-images", type=int, metavar="N",
+                       help="images to check (%(default)s; --max-drop: the whole split unless given)")
     check.add_argument("--min-agreement", type=float, metavar="FRACTION",
                        help="argmax agreement required (default 0.999 fp32, 0.99 fp16, 0.95 int8)")
     check.add_argument("--max-abs-error", type=float, metavar="X",

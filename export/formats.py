@@ -26,7 +26,7 @@ DEFAULT_OPSET = 17
 
 # Option groups, by ``dest``. Defaults live in api.ExportOptions; validation compares against them.
 GRAPH_OPTIONS = ("size", "batch", "dynamic", "opset", "precision", "calib", "calib_split", "calib_images",
-                 "calib_method", "int8_scheme", "fuse", "class_dtype", "confidence")
+                 "calib_method", "int8_scheme", "max_drop", "fuse", "class_dtype", "confidence")
 CHECK_OPTIONS = ("check", "check_data", "check_images", "min_agreement", "max_abs_error", "check_report")
 ENGINE_OPTIONS = ("workspace", "timing_cache", "min_shape", "opt_shape", "max_shape", "gpu")
 TRITON_OPTIONS = ("name", "max_batch", "instances", "instance_kind", "preferred_batch", "max_queue_delay_us",

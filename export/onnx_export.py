@@ -39,6 +39,7 @@ from .precision import INT8_SCHEMES
 
 if TYPE_CHECKING:
     from .api import ExportJob, ExportResult
+    from .int8_budget import Int8Budget
 
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear and Resize-13
 EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript tracer)"
@@ -364,7 +365,7 @@ class OnnxExport:
 
 
 def export_onnx(model: nn.Module, card: dict, options: OnnxOptions, path: str | Path, checkpoint_name: str,
-                calibration_images: list[np.ndarray] | None = None) -> OnnxExport:
+                calibration_images: list[np.ndarray] | None = None, budget: Int8Budget | None = None) -> OnnxExport:
     """Export a network to ``path`` at the requested precision, with its metadata.
 
     Args:
@@ -375,9 +376,11 @@ def export_onnx(model: nn.Module, card: dict, options: OnnxOptions, path: str | 
         checkpoint_name: Recorded in the metadata so a deployed file names its origin.
         calibration_images: For INT8, RGB uint8 images; they are prepared exactly as the exported graph expects
             its inputs (:class:`~.precision.ImageCalibrationReader`).
+        budget: For INT8, an accuracy budget: layers that cost too much are kept in float (:mod:`.int8_budget`).
 
     Raises:
         ConfigError: the model cannot take the size, or INT8 without calibration data.
+        Int8BudgetError: INT8 misses the budget even with the most layers it may keep in float (nothing written).
         ModelFormatError: the graph fails the checker.
     """
     from . import precision as precision_mod
@@ -401,9 +404,10 @@ def export_onnx(model: nn.Module, card: dict, options: OnnxOptions, path: str | 
                               "(e.g. --calib camvid for the embedded sample)")
         with tempfile.TemporaryDirectory(prefix="edgeseg-int8-") as workdir:
             reader = precision_mod.ImageCalibrationReader(calibration_images, meta, options.size)
-            graph, excluded = precision_mod.quantize_int8(graph, reader, Path(workdir),
-                                                          calib_method=options.calib_method,
-                                                          scheme=options.int8_scheme)
+            quantizer = precision_mod.Int8Quantizer(graph, reader, Path(workdir), options.calib_method,
+                                                    options.int8_scheme)
+            graph, excluded = (quantizer.quantize() if budget is None
+                               else budget.fit(quantizer, graph, meta, Path(workdir)))
         form = "U8S8, asymmetric activations" if options.int8_scheme == "cpu" else "S8S8, symmetric"
         notes.append(f"INT8 Q/DQ for {options.int8_scheme} ({form}, per-channel weights); kept in float: "
                      f"{', '.join(excluded)}")

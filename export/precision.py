@@ -15,8 +15,9 @@ from the graph. Putting the precision into the ONNX file therefore builds the sa
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -170,64 +171,111 @@ def load_calibration_images(spec: str, split: str, count: int, what: str = "cali
     return [dataset.read_image(int(i)) for i in dict.fromkeys(indices.tolist())]
 
 
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Name every anonymous node (``<op>_<index>``): quantize_static excludes nodes by name only."""
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{index}"
+
+
 def float_boundary_nodes(model: onnx.ModelProto) -> list[str]:
     """Nodes to keep in float: the first and the last convolution and everything after the last one.
 
     The first convolution sees raw normalised pixels and has 3 input channels (little to gain, much to lose); the
     last one is the classifier, whose logits decide the argmax; after it come the resize to input size and the
-    fused argmax, where INT8 would only quantise the answer itself.
+    fused argmax, where INT8 would only quantise the answer itself. Expects named nodes (:func:`name_nodes`).
     """
     nodes = list(model.graph.node)
     conv_indices = [i for i, node in enumerate(nodes) if node.op_type in ("Conv", "ConvTranspose")]
     if not conv_indices:
         return []
     keep = {conv_indices[0], *range(conv_indices[-1], len(nodes))}
-    names = []
-    for index in sorted(keep):
-        node = nodes[index]
-        if not node.name:
-            node.name = f"{node.op_type}_{index}"
-        names.append(node.name)
-    return names
+    return [nodes[index].name for index in sorted(keep)]
 
 
-def quantize_int8(model: onnx.ModelProto, reader: ImageCalibrationReader, workdir: Path,
-                  calib_method: str = "minmax", keep_float_ends: bool = True,
-                  scheme: str = "tensorrt") -> tuple[onnx.ModelProto, list[str]]:
-    """Quantise an FP32 graph to INT8 Q/DQ; returns the graph and the names of the nodes left in float.
+LAYER_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+
+
+def layer_groups(model: onnx.ModelProto, boundary: list[str]) -> dict[str, list[str]]:
+    """The quantised nodes in layers: each weighted op (named by it) with the nodes that follow it in graph order
+    up to the next one (its activation, residual add, resize...), so keeping a layer in float keeps all of it.
+
+    Nodes in ``boundary`` (always float) and those between a boundary node and the next weighted op belong to no
+    layer.
+    """
+    groups: dict[str, list[str]] = {}
+    current: str | None = None
+    skip = set(boundary)
+    for node in model.graph.node:
+        if node.name in skip:
+            current = None
+            continue
+        if node.op_type in LAYER_OPS:
+            current = node.name
+            groups[current] = []
+        if current is not None:
+            groups[current].append(node.name)
+    return groups
+
+
+class Int8Quantizer:
+    """Quantises one FP32 graph to INT8 Q/DQ, as often as asked, with chosen nodes kept in float.
+
+    The INT8 budget (:mod:`.int8_budget`) quantises the same graph dozens of times with different nodes excluded.
+    Calibration ranges do not depend on the exclusions, so where ONNX Runtime's ``quantize_static`` takes a
+    ``calibration_cache_path`` (1.32 and later) they are measured once and reused; older releases calibrate again
+    on every call (same ranges, slower).
 
     Args:
         model: FP32 graph (simplified, with shapes).
         reader: Calibration batches for ``model``'s input.
         workdir: Scratch folder for the intermediate files ONNX Runtime's tools read and write.
         calib_method: ``minmax``, ``entropy`` or ``percentile`` activation-range estimation.
-        keep_float_ends: Keep the first convolution, the classifier and what follows it in float.
         scheme: ``tensorrt`` (S8S8, symmetric) or ``cpu`` (U8S8, asymmetric activations); see ``INT8_SCHEMES``.
-    """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    if calib_method not in methods:
-        raise ConfigError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {calib_method!r}")
-    if scheme not in INT8_SCHEMES:
-        raise ConfigError(f"--int8-scheme must be one of {', '.join(INT8_SCHEMES)}, got {scheme!r}")
-    for_cpu = scheme == "cpu"
-    fp32_path, prepared_path, int8_path = workdir / "fp32.onnx", workdir / "prepared.onnx", workdir / "int8.onnx"
-    onnx.save(model, str(fp32_path))
-    quant_pre_process(str(fp32_path), str(prepared_path), skip_symbolic_shape=False)
-    prepared = onnx.load(str(prepared_path))
-    excluded = float_boundary_nodes(prepared) if keep_float_ends else []
-    onnx.save(prepared, str(prepared_path))  # float_boundary_nodes may have named anonymous nodes
-    quantize_static(
-        str(prepared_path), str(int8_path), reader,
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8 if for_cpu else QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        nodes_to_exclude=excluded,
-        calibrate_method=methods[calib_method],
-        extra_options={"ActivationSymmetric": not for_cpu, "WeightSymmetric": True, "QuantizeBias": False},
-    )
-    return onnx.load(str(int8_path)), excluded
+    Attributes:
+        prepared: The graph as quantised (after ONNX Runtime's pre-processing), every node named.
+        boundary: Nodes always kept in float (:func:`float_boundary_nodes`).
+    """
+
+    def __init__(self, model: onnx.ModelProto, reader: ImageCalibrationReader, workdir: Path,
+                 calib_method: str = "minmax", scheme: str = "tensorrt") -> None:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        if calib_method not in CALIB_METHODS:
+            raise ConfigError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {calib_method!r}")
+        if scheme not in INT8_SCHEMES:
+            raise ConfigError(f"--int8-scheme must be one of {', '.join(INT8_SCHEMES)}, got {scheme!r}")
+        self.reader, self.calib_method, self.scheme = reader, calib_method, scheme
+        fp32_path, self._prepared_path = workdir / "fp32.onnx", workdir / "prepared.onnx"
+        self._int8_path, self._ranges_path = workdir / "int8.onnx", workdir / "calibration_ranges.json"
+        onnx.save(model, str(fp32_path))
+        quant_pre_process(str(fp32_path), str(self._prepared_path), skip_symbolic_shape=False)
+        self.prepared = onnx.load(str(self._prepared_path))
+        name_nodes(self.prepared)
+        self.boundary = float_boundary_nodes(self.prepared)
+        onnx.save(self.prepared, str(self._prepared_path))
+
+    def quantize(self, keep_float: Sequence[str] = ()) -> tuple[onnx.ModelProto, list[str]]:
+        """The INT8 graph with the boundary nodes and ``keep_float`` in float; returns it and all float nodes."""
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                   "percentile": CalibrationMethod.Percentile}
+        cache = ({"calibration_cache_path": str(self._ranges_path)}
+                 if "calibration_cache_path" in inspect.signature(quantize_static).parameters else {})
+        for_cpu = self.scheme == "cpu"
+        excluded = [*self.boundary, *keep_float]
+        self.reader.rewind()
+        quantize_static(
+            str(self._prepared_path), str(self._int8_path), self.reader,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8 if for_cpu else QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=excluded,
+            calibrate_method=methods[self.calib_method],
+            extra_options={"ActivationSymmetric": not for_cpu, "WeightSymmetric": True, "QuantizeBias": False},
+            **cache,
+        )
+        return onnx.load(str(self._int8_path)), excluded

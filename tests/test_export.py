@@ -255,6 +255,8 @@ def test_failed_export_keeps_the_existing_file(tiny, tmp_path, monkeypatch):
     (["{tiny}", "--precision", "int8"], "needs calibration images: add --calib"),
     (["{tiny}", "--precision", "int8", "--calib", "camvid:/no/such/camvid"], "calibration set"),
     (["{tiny}", "--calib", "camvid"], "--calib only apply to --precision int8"),
+    (["{tiny}", "--max-drop", "1"], "--max-drop only apply to --precision int8"),
+    (["{tiny}", "--precision", "int8", "--calib", "camvid", "--max-drop", "-1"], "--max-drop is a number of mIoU"),
     (["{tiny}", "--check-images", "3"], "--check-images configure the parity check: add --check"),
     (["{tiny}", "--batch", "2", "--dynamic", "batch"], "use one"),
     (["{tiny}", "--class-dtype", "int32"], "add --fuse post"),

@@ -2,11 +2,13 @@
 
 Checked on the tiny network with real calibration images from the embedded CamVid sample: the structure of the
 Q/DQ graph (int8, zero points 0, per-channel weights, float biases, float first conv and classifier), parity with
-PyTorch through the runtime, and that calibration batches are prepared exactly as the runtime prepares images.
+PyTorch through the runtime, that calibration batches are prepared exactly as the runtime prepares images, and the
+``--max-drop`` budget search.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -179,3 +181,96 @@ def test_int8_scheme_needs_int8_and_no_engine(int8_export, capsys):
     assert main(["export", str(checkpoint), "--format", "engine", "--precision", "int8", "--calib", "camvid",
                  "--int8-scheme", "cpu"]) == 1
     assert "TensorRT does not build" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def fp32_labelled(int8_export, tmp_path_factory):
+    """A CamVid-layout check set of 4 val images labelled with the FP32 graph's own class maps.
+
+    The random tiny network scores near chance on real labels, where INT8 may as well gain mIoU as lose it; against
+    FP32's own answers FP32 scores 100% and every pixel INT8 flips is a loss, so the full INT8 drop is positive.
+    """
+    checkpoint, _, _ = int8_export
+    root = tmp_path_factory.mktemp("fp32_labelled")
+    fp32 = root / "fp32.onnx"
+    assert main(["export", str(checkpoint), "--out", str(fp32)]) == 0
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    val = open_dataset("camvid", "val")
+    with Segmenter.load(fp32, device="cpu") as segmenter:
+        for index in (0, 7, 14, 21):
+            image_path = val.paths(index)[0]
+            (root / "images" / "val" / image_path.name).write_bytes(image_path.read_bytes())
+            labels = segmenter.segment(val.read_image(index))
+            cv2.imwrite(str(root / "labels" / "val" / f"{image_path.stem}.png"), labels)
+    return f"camvid:{root}"
+
+
+def budget_of(path) -> dict:
+    return read_metadata(path).extra["int8_budget"]
+
+
+def full_drop(outcome: dict) -> float:
+    return 100 * (outcome["fp32_miou"] - outcome["full_int8_miou"])
+
+
+def test_budget_that_holds_keeps_nothing_and_reports(int8_export, fp32_labelled, tmp_path):
+    checkpoint, _, _ = int8_export
+    path, report = tmp_path / "budget.onnx", tmp_path / "report"
+    assert export_int8(checkpoint, path, "--max-drop", "100", "--check-data", fp32_labelled,
+                       "--check-report", str(report)) == 0
+    outcome = budget_of(path)
+    assert outcome["kept_layers"] == [] and outcome["int8_miou"] == outcome["full_int8_miou"]
+    assert outcome["fp32_miou"] > 0.99 and full_drop(outcome) > 0  # FP32 matches its own labels; INT8 flips pixels
+    assert outcome["latency_ratio"] > 0
+    text = (report / "int8_budget.md").read_text()
+    assert "Layers kept in float (0 of 3): none" in text and f"{100 * outcome['fp32_miou']:.2f}" in text
+
+
+@pytest.mark.parametrize("scheme", ["tensorrt", "cpu"])
+def test_budget_that_fails_keeps_the_costly_layers_in_float(int8_export, fp32_labelled, tmp_path, scheme):
+    checkpoint, _, _ = int8_export
+    first, path = tmp_path / "first.onnx", tmp_path / "budget.onnx"
+    options = ("--check-data", fp32_labelled, "--int8-scheme", scheme)
+    assert export_int8(checkpoint, first, "--max-drop", "100", *options) == 0
+    budget = 0.9 * full_drop(budget_of(first))  # full INT8 misses it, by construction
+    assert export_int8(checkpoint, path, "--max-drop", f"{budget:.4f}", *options) == 0
+    outcome = budget_of(path)
+    assert outcome["kept_layers"] and 100 * (outcome["fp32_miou"] - outcome["int8_miou"]) <= budget
+    graph = onnx.load(str(path)).graph
+    float_weights = {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
+    convs = {node.name: node for node in graph.node if node.op_type == "Conv"}
+    float_nodes = read_metadata(path).extra["int8_float_nodes"]
+    for layer in outcome["kept_layers"]:
+        assert layer in float_nodes and convs[layer].input[1] in float_weights  # float weights, no DQ
+    assert any(node.op_type == "QuantizeLinear" for node in graph.node)  # still a (partially) quantised graph
+
+
+def test_calibration_images_never_count_as_check_images(int8_export, tmp_path):
+    checkpoint, _, _ = int8_export
+    path = tmp_path / "overlap.onnx"
+    # 4 calibration images spread over val, 7 check images spread over val: 4 of the 7 are the same images.
+    assert export_int8(checkpoint, path, "--max-drop", "100", "--calib-split", "val", "--check-data", "camvid",
+                       calib_images=4, check_images=7) == 0
+    outcome = budget_of(path)
+    assert outcome["calibration_overlap_dropped"] == 4 and len(outcome["check_images"]) == 3
+    val = open_dataset("camvid", "val")
+    by_name = {val.paths(index)[0].name: index for index in range(len(val))}
+    calibration = load_calibration_images("camvid", "val", 4)
+    for name in outcome["check_images"]:
+        image = val.read_image(by_name[name])
+        assert not any(np.array_equal(image, calib) for calib in calibration)
+
+
+def test_impossible_budget_fails_with_one_line_and_writes_nothing(int8_export, fp32_labelled, tmp_path, capsys):
+    checkpoint, _, _ = int8_export
+    path = tmp_path / "impossible.onnx"
+    # 0 points: every pixel must match FP32 with at most half the layers in float, which the tiny network misses.
+    # No --check: the budget takes --check-data on its own.
+    assert main(["export", str(checkpoint), "--precision", "int8", "--calib", "camvid", "--calib-images", "8",
+                 "--max-drop", "0", "--check-data", fp32_labelled, "--out", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgeseg export: error: INT8 loses") and "--max-drop 0 budget" in err
+    assert len(err.splitlines()) == 1
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+
