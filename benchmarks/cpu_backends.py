@@ -27,7 +27,7 @@ from edgeseg.runtime.arguments import count_argument, size_argument
 from edgeseg.runtime.backends.base import default_threads
 from edgeseg.runtime.datasets import open_dataset
 from edgeseg.runtime.evaluate import evaluate
-from edgeseg.runtime.io import write_json_atomic, write_text_atomic
+from edgeseg.runtime.atomic_files import write_json_atomic, write_text_atomic
 from edgeseg.runtime.segmenter import Segmenter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

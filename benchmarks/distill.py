@@ -121,7 +121,7 @@ class Ledger:
         return entry["final"]
 
     def record(self, method: str, seed: int, teacher: str, final: dict, source: str) -> None:
-        from edgeseg.runtime.io import write_json_atomic
+        from edgeseg.runtime.atomic_files import write_json_atomic
 
         entry = {**self.stamp(method, seed, teacher), "final": final, "source": source, "packages": _packages(),
                  "recorded": time.strftime("%Y-%m-%d")}
@@ -484,7 +484,7 @@ def main() -> None:
     if args.report_only and not args.retime and previous is not None:  # timings from the run that measured them
         note = " (tables rewritten with --report-only)"
         summary["command"] = previous["command"].removesuffix(note) + note
-    from edgeseg.runtime.io import write_json_atomic, write_text_atomic
+    from edgeseg.runtime.atomic_files import write_json_atomic, write_text_atomic
 
     write_json_atomic(args.results.with_suffix(".json"), summary)
     write_text_atomic(args.results.with_suffix(".md"), to_markdown(summary))

@@ -35,7 +35,7 @@ from edgeseg.export.precision import load_calibration_images
 from edgeseg.runtime.bench import latency_summary
 from edgeseg.runtime.datasets import open_dataset
 from edgeseg.runtime.evaluate import evaluate
-from edgeseg.runtime.io import write_json_atomic, write_text_atomic
+from edgeseg.runtime.atomic_files import write_json_atomic, write_text_atomic
 from edgeseg.runtime.segmenter import Segmenter
 from edgeseg.runtime.sizes import parse_size
 from edgeseg.runtime.sysinfo import describe_machine, format_machine

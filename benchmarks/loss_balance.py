@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--results", type=Path)
     args = parser.parse_args()
-    from edgeseg.runtime.io import write_json_atomic, write_text_atomic
+    from edgeseg.runtime.atomic_files import write_json_atomic, write_text_atomic
     rows = [measure(args.protocol, method, args.overrides, REPO / "runs" / "loss_balance") for method in args.methods]
     summary = {"protocol": args.protocol, "rows": rows, **provenance("benchmarks/loss_balance.py")}
     results = args.results or REPO / "benchmarks" / "results" / f"loss_balance_{args.protocol}"

@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from edgeseg.runtime.io import write_json_atomic, write_text_atomic
+    from edgeseg.runtime.atomic_files import write_json_atomic, write_text_atomic
 
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     if "cuda" in devices and not torch.cuda.is_available():

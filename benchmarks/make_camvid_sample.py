@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 
 from edgeseg.runtime.datasets import open_dataset
-from edgeseg.runtime.io import write_bytes_atomic
+from edgeseg.runtime.atomic_files import write_bytes_atomic
 
 DEFAULT_STEPS = {"train": 3, "val": 4}
 

@@ -16,7 +16,7 @@ import yaml
 
 from edgeseg.training.data.class_weights import CAMVID_CLASS_WEIGHTS
 from edgeseg.training.distill.recipes import ACE, CSC, CSC_ACE
-from edgeseg.runtime.io import write_text_atomic
+from edgeseg.runtime.atomic_files import write_text_atomic
 
 
 # The three 2-core CPU protocols train on the same data: full CamVid at half size, 128x160 crops, batch 8.

@@ -43,7 +43,7 @@ import httpx
 import numpy as np
 
 from edgeseg.runtime.arguments import size_argument
-from edgeseg.runtime.io import write_json_atomic, write_text_atomic
+from edgeseg.runtime.atomic_files import write_json_atomic, write_text_atomic
 from edgeseg.runtime.sysinfo import describe_machine, format_machine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_load"

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from edgeseg.runtime.datasets import data_path
-from edgeseg.runtime.io import write_bytes_atomic
+from edgeseg.runtime.atomic_files import write_bytes_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import Server, build_student  # a sibling script, imported after the path is set

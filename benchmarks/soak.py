@@ -193,7 +193,7 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def write_report(result: dict, stem: Path) -> None:
-    from edgeseg.runtime.io import write_json_atomic, write_text_atomic
+    from edgeseg.runtime.atomic_files import write_json_atomic, write_text_atomic
 
     s = result["summary"]
     lines = ["# Soak test of `edgeseg serve`", "", *header_lines(result),

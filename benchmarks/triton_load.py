@@ -49,7 +49,7 @@ from edgeseg.runtime import Segmenter  # noqa: E402
 from edgeseg.runtime.arguments import size_argument  # noqa: E402
 from edgeseg.runtime.backends.triton_client import TRITON_DTYPES  # noqa: E402
 from edgeseg.runtime.backends.triton_server import TritonServer  # noqa: E402
-from edgeseg.runtime.io import write_json_atomic, write_text_atomic  # noqa: E402
+from edgeseg.runtime.atomic_files import write_json_atomic, write_text_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "triton_load"
 TRITON_CONFIGS = {  # configuration -> (model name in the repository, TritonOptions settings)

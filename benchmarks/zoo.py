@@ -41,7 +41,7 @@ from edgeseg.runtime.bench import DEFAULT_CAMERA_SIZE, benchmark
 from edgeseg.runtime.datasets import open_dataset
 from edgeseg.runtime.errors import ConfigError, EdgesegError
 from edgeseg.runtime.evaluate import evaluate
-from edgeseg.runtime.io import file_sha256, write_json_atomic, write_text_atomic
+from edgeseg.runtime.atomic_files import file_sha256, write_json_atomic, write_text_atomic
 from edgeseg.runtime.segmenter import Segmenter
 from edgeseg.runtime.sysinfo import describe_machine
 

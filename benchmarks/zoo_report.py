@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeseg.runtime.io import atomic_path, write_json_atomic, write_text_atomic
+from edgeseg.runtime.atomic_files import atomic_path, write_json_atomic, write_text_atomic
 from edgeseg.runtime.sysinfo import format_machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -107,7 +107,7 @@ def export_models(out: Path, checkpoints: dict[str, Path], force: bool) -> dict[
 def score_models(out: Path, exported: dict[str, Path], force: bool) -> dict[str, dict]:
     from edgeseg.runtime.datasets import open_dataset
     from edgeseg.runtime.evaluate import evaluate
-    from edgeseg.runtime.io import write_json_atomic
+    from edgeseg.runtime.atomic_files import write_json_atomic
     from edgeseg.runtime.segmenter import Segmenter
 
     path = out / "miou.json"
@@ -125,7 +125,7 @@ def score_models(out: Path, exported: dict[str, Path], force: bool) -> dict[str,
 
 def time_models(out: Path, exported: dict[str, Path], iters: int, force: bool) -> dict[str, dict]:
     from edgeseg.runtime.bench import benchmark
-    from edgeseg.runtime.io import write_json_atomic
+    from edgeseg.runtime.atomic_files import write_json_atomic
     from edgeseg.runtime.segmenter import Segmenter
 
     path = out / "speed.json"
@@ -141,7 +141,7 @@ def time_models(out: Path, exported: dict[str, Path], iters: int, force: bool) -
 
 
 def segment_clip(out: Path, model: Path, force: bool) -> dict:
-    from edgeseg.runtime.io import write_json_atomic
+    from edgeseg.runtime.atomic_files import write_json_atomic
     from edgeseg.runtime.video import segment_video
     from edgeseg.runtime.video.pipeline import INCOMPLETE_ENDINGS
 
@@ -177,7 +177,7 @@ def overlay_grid(out: Path, exported: dict[str, Path], count: int = 3) -> Path:
     import numpy as np
 
     from edgeseg.runtime.datasets import open_dataset
-    from edgeseg.runtime.io import atomic_path
+    from edgeseg.runtime.atomic_files import atomic_path
     from edgeseg.runtime.preprocess import colorize, overlay
     from edgeseg.runtime.segmenter import Segmenter
 
@@ -214,7 +214,7 @@ def miou_fps_plot(out: Path, rows: list[dict]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edgeseg.runtime.io import atomic_path
+    from edgeseg.runtime.atomic_files import atomic_path
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for row in rows:
@@ -234,7 +234,7 @@ def miou_fps_plot(out: Path, rows: list[dict]) -> Path:
 
 
 def write_report(out: Path, rows: list[dict], video: dict, machine: str, iterations: int, seconds: float) -> Path:
-    from edgeseg.runtime.io import write_text_atomic
+    from edgeseg.runtime.atomic_files import write_text_atomic
 
     plain = next(r for r in rows if r["role"].startswith("plain"))
     distilled = next(r for r in rows if r["role"].startswith("CSC+ACE"))
@@ -265,7 +265,7 @@ def write_report(out: Path, rows: list[dict], video: dict, machine: str, iterati
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    from edgeseg.runtime.io import file_sha256
+    from edgeseg.runtime.atomic_files import file_sha256
 
     return {"iterations": args.iterations, "bench_iters": args.bench_iters,
             "teacher_sha256": file_sha256(args.teacher)}
@@ -277,7 +277,7 @@ def _settings_changed(out: Path, settings: dict) -> bool:
     ``settings.json`` names the settings of the last finished run (or, before any run has finished, of the first
     one started), so an interrupted run with new settings is redone in full the next time too.
     """
-    from edgeseg.runtime.io import write_json_atomic
+    from edgeseg.runtime.atomic_files import write_json_atomic
 
     path = out / "settings.json"
     if not path.is_file():
@@ -292,7 +292,7 @@ def _settings_changed(out: Path, settings: dict) -> bool:
 
 def run_quickstart(args: argparse.Namespace) -> int:
     from edgeseg.runtime.errors import ConfigError
-    from edgeseg.runtime.io import write_json_atomic
+    from edgeseg.runtime.atomic_files import write_json_atomic
     from edgeseg.runtime.sysinfo import describe_machine, format_machine
 
     started = time.perf_counter()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeseg.runtime.errors import ConfigError
-from edgeseg.runtime.io import write_text_atomic
+from edgeseg.runtime.atomic_files import write_text_atomic
 from edgeseg.runtime.metadata import ModelMeta
 
 from .onnx_graph import TensorSpec

@@ -30,7 +30,7 @@ import onnx
 
 from edgeseg.runtime.classes import ClassSpec
 from edgeseg.runtime.errors import DataError, EdgesegError
-from edgeseg.runtime.io import write_text_atomic
+from edgeseg.runtime.atomic_files import write_text_atomic
 from edgeseg.runtime.metadata import ModelMeta
 from edgeseg.runtime.metrics import ConfusionMatrix
 from edgeseg.runtime.segmenter import Segmenter

@@ -13,7 +13,7 @@ import onnx
 
 from edgeseg import __version__
 from edgeseg.runtime.errors import MetadataError, ModelFormatError
-from edgeseg.runtime.io import atomic_path
+from edgeseg.runtime.atomic_files import atomic_path
 from edgeseg.runtime.metadata import METADATA_KEY, ModelMeta
 
 _ONNX_DTYPES = {

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from edgeseg.runtime.backends.engine_sidecar import EngineSidecar, write_engine
 from edgeseg.runtime.backends.tensorrt_engine import require_tensorrt
 from edgeseg.runtime.errors import ConfigError, ModelFormatError
-from edgeseg.runtime.io import file_sha256, write_bytes_atomic
+from edgeseg.runtime.atomic_files import file_sha256, write_bytes_atomic
 
 from .onnx_graph import TensorSpec, graph_io, load_onnx, read_metadata
 

@@ -11,7 +11,7 @@ import json
 
 from .arguments import add_model_arguments, backend_options, count_argument, size_argument
 from .bench import DEFAULT_CAMERA_SIZE, benchmark, format_bench_table
-from .io import write_json_atomic
+from .atomic_files import write_json_atomic
 from .metrics import format_iou_table
 from .segmenter import Segmenter
 from .sysinfo import describe_machine, format_machine

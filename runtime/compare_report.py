@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 import cv2
 import numpy as np
 
-from .io import write_bytes_atomic, write_json_atomic, write_text_atomic
+from .atomic_files import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from .compare import CompareReport, ModelScore

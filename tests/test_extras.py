@@ -78,7 +78,7 @@ def test_the_refusal_is_real():
 
 
 def test_the_runtime_leaf_modules_cost_no_opencv_or_onnxruntime():
-    code = ("import sys, edgeseg.runtime.errors, edgeseg.runtime.io, edgeseg.runtime.classes; "
+    code = ("import sys, edgeseg.runtime.errors, edgeseg.runtime.atomic_files, edgeseg.runtime.classes; "
             "print(sorted(m for m in ('cv2', 'onnxruntime', 'torch') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"

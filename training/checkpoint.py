@@ -19,7 +19,7 @@ import torch
 from edgeseg import __version__
 from edgeseg.runtime.classes import ClassSpec
 from edgeseg.runtime.errors import ModelFormatError
-from edgeseg.runtime.io import atomic_path
+from edgeseg.runtime.atomic_files import atomic_path
 from edgeseg.runtime.metadata import ModelMeta
 
 FORMAT = "edgeseg-checkpoint"

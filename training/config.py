@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from edgeseg.runtime.errors import ConfigError
-from edgeseg.runtime.io import write_text_atomic
+from edgeseg.runtime.atomic_files import write_text_atomic
 from edgeseg.runtime.sizes import parse_size
 
 # Sections whose contents are free-form (validated by the code that consumes them, e.g. a model builder's

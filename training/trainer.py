@@ -25,7 +25,7 @@ from tqdm import tqdm
 from edgeseg.runtime.classes import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from edgeseg.runtime.datasets import open_dataset
 from edgeseg.runtime.errors import ConfigError
-from edgeseg.runtime.io import atomic_path, write_json_atomic
+from edgeseg.runtime.atomic_files import atomic_path, write_json_atomic
 from edgeseg.runtime.metrics import ConfusionMatrix
 from edgeseg.runtime.preprocess import resize_labels
 

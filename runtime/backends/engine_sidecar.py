@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MetadataError
-from ..io import atomic_path
+from ..atomic_files import atomic_path
 from ..metadata import ModelMeta
 
 REQUIRED = ("tensorrt_version", "gpu")

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from ..errors import VideoSourceError
-from ..io import give_usual_permissions, write_bytes_atomic
+from ..atomic_files import give_usual_permissions, write_bytes_atomic
 from .uri import IMAGE_SUFFIXES, forms_in_one_line
 
 # Container suffix -> FourCC codes to try in order. mp4v works with every pip OpenCV; avc1 (H.264) plays in

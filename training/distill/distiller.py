@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from edgeseg.runtime.errors import ConfigError
-from edgeseg.runtime.io import file_sha256
+from edgeseg.runtime.atomic_files import file_sha256
 
 from ..amp import autocast, teacher_autocast_dtype
 from ..checkpoint import build_model_from_card, card_classes, load_checkpoint
@@ -165,7 +165,7 @@ class Distiller:
             loss.set_encoder(self._autoencoder(cache, layer, latent, settings, train_set, transform))
 
     def _autoencoder(self, cache: Path, layer: str, latent: int, settings: dict, train_set, transform):
-        from edgeseg.runtime.io import atomic_path
+        from edgeseg.runtime.atomic_files import atomic_path
 
         from ..data.dataset import SegmentationTorchDataset, make_loader
         from .autoencoder import FeatureAutoencoder, code_statistics, train_autoencoder

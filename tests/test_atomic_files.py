@@ -1,4 +1,4 @@
-"""Atomic writes (edgeseg.runtime.io): the target appears complete, with the usual permissions, or not at all."""
+"""Atomic writes (runtime/atomic_files.py): the target appears complete, with the usual permissions, or not at all."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from edgeseg.runtime.io import atomic_path, file_sha256, write_json_atomic
+from edgeseg.runtime.atomic_files import atomic_path, file_sha256, write_json_atomic
 
 
 def current_umask() -> int:

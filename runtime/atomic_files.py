@@ -1,5 +1,5 @@
-"""File helpers: atomic writes (a crash or a full disk never leaves a half-written checkpoint, model or report
-behind) and content digests (which tell whether a cached result still belongs to the file it came from)."""
+"""Atomic file writes (a crash or a full disk never leaves a half-written checkpoint, model or report behind) and
+content digests (which tell whether a cached result still belongs to the file it came from)."""
 
 from __future__ import annotations
 
