@@ -1,7 +1,7 @@
 """Time and peak memory of every distillation loss at the size of a real Cityscapes distillation step.
 
 The taps are random tensors shaped as a DeepLabV3-ResNet101 teacher and a DeepLabV3-ResNet18 student give them on a
-512x1024 crop at output stride 8, batch 2 (kd_methods.md section 0): logits 19 x 64 x 128, the feature after ASPP
+512x1024 crop at output stride 8, batch 2 (docs/methods.md): logits 19 x 64 x 128, the feature after ASPP
 256 (teacher) / 128 (student) x 64 x 128, backbone stages 256/512/1024/2048 vs 64/128/256/512 channels (stage 1 at
 stride 4, 128 x 256; the dilated stages 2-4 at 64 x 128). Each row is one forward + backward of the loss alone.
 
@@ -13,7 +13,7 @@ Memory, by device:
 - CUDA: ``torch.cuda.max_memory_allocated()`` minus the memory held before the step (tensors only, no cache).
 
 The "unbudgeted" rows run the pair-wise losses on all 8192 positions (``max_nodes`` = 8192, no node pooling) to show
-what the node budget saves (section 8, P1). Results go to ``benchmarks/results/loss_memory.{md,json}``.
+what the node budget saves. Results go to ``benchmarks/results/loss_memory.{md,json}``.
 
 Usage: ``python benchmarks/loss_memory.py [--device cpu cuda] [--repeats 3] [--no-unbudgeted]``
 """

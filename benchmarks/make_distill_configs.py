@@ -146,7 +146,7 @@ PSD_REFERENCE = {"weight": 1000.0, "positions": 64 * 128}
 # DSD's stage taps where both networks are ResNets (a protocol's "taps" overrides them).
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 
-# method -> (distill.losses, distill.task_weight, needs the autoencoder stage). Weights follow kd_methods.md: CIRKD's
+# method -> (distill.losses, distill.task_weight, needs the autoencoder stage). Weights follow docs/methods.md: CIRKD's
 # re-implementation values where the papers' own were not retrievable.
 METHODS = {
     "plain": None,

@@ -1,4 +1,4 @@
-"""Stage 1 of Knowledge Adaptation (He et al., CVPR 2019; kd_methods.md section 2.1): a teacher-feature autoencoder.
+"""Stage 1 of Knowledge Adaptation (He et al., CVPR 2019; docs/methods.md): a teacher-feature autoencoder.
 
 The autoencoder compresses the teacher's last feature map into a compact latent code; its frozen encoder then
 defines the space in which the ``ka`` and ``affinity`` losses compare student and teacher. The decoder only exists
@@ -74,7 +74,7 @@ def autoencoder_loss(model: FeatureAutoencoder, features: torch.Tensor, alpha: f
 
     Dividing both sums by the same element count gives a mean squared error whose scale does not depend on the
     batch or map size, and keeps the paper's ratio between the two terms, so ``alpha`` keeps its meaning (1e-7,
-    kd_methods.md section 2.1). The L1 term keeps the code sparse so the autoencoder does not learn an identity.
+    docs/methods.md). The L1 term keeps the code sparse so the autoencoder does not learn an identity.
     """
     code = model.encode(features)
     reconstruction = model.decode(code, features.shape[-2:])

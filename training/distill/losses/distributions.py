@@ -28,13 +28,13 @@ def _check_temperature(temperature: float) -> None:
 
 @register_loss("kd")
 class PixelwiseKD(DistillLoss):
-    """Pixel-wise knowledge distillation (Hinton et al., 2015, applied at every position; kd_methods.md section 4.1).
+    """Pixel-wise knowledge distillation (Hinton et al., 2015, applied at every position; docs/methods.md).
 
     ``L = tau^2 / |Omega| * sum_i KL(softmax(z^T_i / tau) || softmax(z^S_i / tau))``, softmax over classes. The
     ``tau^2`` factor keeps the gradient scale independent of the temperature.
 
     Reduction: mean over the N*h*w positions (CIRKD's ``batchmean`` over pixels), so a weight of 1 matches CIRKD's
-    setting and the SKD/IFVD weight of 10 corresponds to a different reduction (see section 8, P3).
+    setting and the SKD/IFVD weight of 10 corresponds to a different reduction (see docs/methods.md).
 
     Taps: one pair, the student's and the teacher's logits (same class count). Student logits are resized to the
     teacher's size.
@@ -64,7 +64,7 @@ class PixelwiseKD(DistillLoss):
 
 @register_loss("cwd")
 class ChannelWiseDistillation(DistillLoss):
-    """Channel-wise distillation (Shu et al., ICCV 2021; kd_methods.md section 4.4).
+    """Channel-wise distillation (Shu et al., ICCV 2021; docs/methods.md).
 
     Each channel's map becomes a distribution over the h*w positions, ``phi(y_c) = softmax(y_c / tau)``, and the
     student matches the teacher channel by channel:
@@ -101,18 +101,18 @@ class ChannelWiseDistillation(DistillLoss):
 
 @register_loss("ace")
 class AdaptiveCrossEntropy(DistillLoss):
-    """Adaptive cross entropy (Park & Heo, Sensors 20(16):4616, 2020; kd_methods.md section 3).
+    """Adaptive cross entropy (Park & Heo, Sensors 20(16):4616, 2020; docs/methods.md).
 
     Cross entropy of the student's class distribution against a per-pixel target that trusts the teacher only
     where the teacher is right, so that its mistakes are not distilled:
 
-    - ``mode="switch"`` (the reading in section 3): ``t_i = p^T_i`` where ``argmax p^T_i == y_i``, else
+    - ``mode="switch"`` (the reading in docs/methods.md): ``t_i = p^T_i`` where ``argmax p^T_i == y_i``, else
       ``onehot(y_i)``;
     - ``mode="mix"``: ``t_i = w * p^T_i + (1 - w) * onehot(y_i)`` at every pixel, a convex mix with
       ``w = teacher_weight`` that keeps part of a wrong teacher's distribution but never all of it.
 
     ``L = -1 / |Omega_valid| * sum_i sum_c t_{i,c} log p^S_{i,c}``; pixels labelled ``ignore_index`` are excluded.
-    The paper's exact formula was not retrievable (section 3 marks it unverified): both modes are our readings.
+    The paper's exact formula was not retrievable (only its abstract was): both modes are our readings.
 
     Where ACE replaces a class-weighted task cross entropy, ``class_weights`` carries the same weights over: pixel
     ``i`` counts ``w_{y_i}`` times, and the mean becomes ``sum_i w_{y_i} l_i / sum_i w_{y_i}``, torch's weighted

@@ -1,6 +1,6 @@
 """Building blocks shared by the losses: resizing, label downsampling, node budgets, affinities, adapters.
 
-The node budget is the one memory guard of the pair-wise losses (kd_methods.md section 8, P1): an affinity over all
+The node budget is the one memory guard of the pair-wise losses (docs/methods.md): an affinity over all
 positions of a 64x128 map holds 8192^2 entries per image (256 MiB in float32, several times that with its gradient
 and the difference buffers). :func:`pool_to_node_budget` shrinks a map so that ``h * w <= max_nodes`` before
 :func:`cosine_affinity` builds the ``(h*w) x (h*w)`` matrix, and every pair-wise loss goes through both.

@@ -45,7 +45,7 @@ class _PairwiseMixin:
 
 @register_loss("skd_pairwise")
 class StructuredPairwiseDistillation(_PairwiseMixin, DistillLoss):
-    """Pair-wise distillation of Structured KD (Liu et al., CVPR 2019; kd_methods.md section 4.2).
+    """Pair-wise distillation of Structured KD (Liu et al., CVPR 2019; docs/methods.md).
 
     The feature map is max-pooled into a graph of nodes; ``a_ij`` is the cosine similarity of the C-dim vectors of
     nodes i and j, and ``L_pa = 1/N * sum_n 1/|R|^2 * sum_ij (a^S_ij - a^T_ij)^2``. Cosine similarities are
@@ -133,7 +133,7 @@ class _LatentSpaceLoss(_PairwiseMixin, DistillLoss):
 
 @register_loss("affinity")
 class AffinityDistillation(_LatentSpaceLoss):
-    """Affinity distillation of Knowledge Adaptation (He et al., CVPR 2019; kd_methods.md section 2.2), alone.
+    """Affinity distillation of Knowledge Adaptation (He et al., CVPR 2019; docs/methods.md), alone.
 
     ``A_ij = 1/m * cos(Phi_i, Phi_j)`` over the m = h*w positions of a map; the teacher's ``Phi`` is E(teacher
     feature), the student's is C_a(student feature) with a training-only 3x3 conv + BN + ReLU adapter to the latent
@@ -164,7 +164,7 @@ class AffinityDistillation(_LatentSpaceLoss):
 
 @register_loss("ka")
 class KnowledgeAdaptation(_LatentSpaceLoss):
-    """Knowledge Adaptation (He et al., CVPR 2019, arXiv 1903.04688; kd_methods.md section 2.2).
+    """Knowledge Adaptation (He et al., CVPR 2019, arXiv 1903.04688; docs/methods.md).
 
     ``L = beta * L_adapt + gamma * L_aff`` with
 
@@ -175,7 +175,7 @@ class KnowledgeAdaptation(_LatentSpaceLoss):
       adapter C_a of the same form.
 
     Defaults beta = 50, gamma = 1 (the paper's, fixed for all datasets); p = 1, q = 2 as in torchdistill's
-    re-implementation (the paper's values are unverified, section 2.2).
+    re-implementation (the paper's values are unverified: docs/methods.md).
 
     Reduction of L_adapt (``adapt_reduction``):
 
@@ -234,7 +234,7 @@ class KnowledgeAdaptation(_LatentSpaceLoss):
 
 @register_loss("csc")
 class ChannelSpatialCorrelation(_PairwiseMixin, DistillLoss):
-    """Channel and spatial correlation loss (Park & Heo, Sensors 20(16):4616, 2020; kd_methods.md section 3).
+    """Channel and spatial correlation loss (Park & Heo, Sensors 20(16):4616, 2020; docs/methods.md).
 
     Two Gram matrices of the same feature map, matched with MSE:
 
@@ -244,8 +244,8 @@ class ChannelSpatialCorrelation(_PairwiseMixin, DistillLoss):
       channels, ``G_sp = F^T F`` (m x m, cosine between positions).
 
     ``L = channel_weight * MSE(G_ch^S, G_ch^T) + spatial_weight * MSE(G_sp^S, G_sp^T)``. The paper's text was not
-    retrievable beyond its abstract (section 3): this factorised form of the "full" channel-and-spatial correlation
-    is our reading, and the weights default to 1.
+    retrievable beyond its abstract (docs/methods.md): this factorised form of the "full" channel-and-spatial
+    correlation is our reading, and the weights default to 1.
 
     Reduction: mean over the N*D^2 and N*m^2 entries respectively.
 

@@ -1,7 +1,7 @@
 """Double Similarity Distillation (Feng et al., IEEE TIP 30:5363-5376, 2021, arXiv 2107.08591): psd, csd and dsd.
 
 Both terms are parameter-free and linear in the number of positions, which is the method's point against
-(h*w)^2 pair-wise affinities (kd_methods.md section 1).
+(h*w)^2 pair-wise affinities (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _check_csd_params(temperature: float, softmax_axis: str, pool_kernel: int) -
 
 @register_loss("psd")
 class PixelSimilarityDistillation(DistillLoss):
-    """DSD's pixel-wise similarity distillation (PSD; kd_methods.md section 1.1).
+    """DSD's pixel-wise similarity distillation (PSD; docs/methods.md).
 
     For every tapped layer l, ``a_l = normalize_2(vec(1/D_l * sum_d F_{l,d}^2))`` (attention map, width-free). For a
     pair of layers n < m the residual attention ``r_{m,n} = normalize_2(a_m - a_n)`` captures what the deeper layer
@@ -98,7 +98,7 @@ class PixelSimilarityDistillation(DistillLoss):
 
 @register_loss("csd")
 class CategorySimilarityDistillation(DistillLoss):
-    """DSD's category-wise similarity distillation (CSD; kd_methods.md section 1.2).
+    """DSD's category-wise similarity distillation (CSD; docs/methods.md).
 
     Score maps become C x (h*w) matrices Q of soft class scores and ``M = Q Q^T`` (C x C) is the class correlation;
     ``L_CSD = 1/C^2 * sum_{c,c'} (M^S_{cc'} - M^T_{cc'})^2``. Which axis the softmax runs over changes what M means:
@@ -142,7 +142,7 @@ class CategorySimilarityDistillation(DistillLoss):
 
 @register_loss("dsd")
 class DoubleSimilarityDistillation(DistillLoss):
-    """Double Similarity Distillation (Feng et al., TIP 2021; kd_methods.md section 1.3).
+    """Double Similarity Distillation (Feng et al., TIP 2021; docs/methods.md).
 
     ``L = psd_weight * L_PSD(taps[:-1]) + csd_weight * L_CSD(taps[-1])``: PSD over every tap but the last, CSD over
     the last one, which must be the logits. With ``psd_includes_last`` the last tap joins the PSD taps as well, as in
