@@ -20,7 +20,7 @@ from edgeseg.runtime.atomic_files import write_text_atomic
 
 
 # The three 2-core CPU protocols train on the same data: full CamVid at half size, 128x160 crops, batch 8.
-CPU_CAMVID_DATA = {"dataset": "camvid:../shared/data/camvid", "base_size": [180, 240], "crop_size": [128, 160],
+CPU_CAMVID_DATA = {"dataset": "camvid:${EDGESEG_DATA}/camvid", "base_size": [180, 240], "crop_size": [128, 160],
                    "scale_range": [0.75, 1.5], "batch_size": 8, "workers": 1}
 
 PROTOCOLS = {
@@ -32,7 +32,7 @@ PROTOCOLS = {
         "teacher": "runs/cityscapes_teacher_deeplabv3_resnet101/best.pt",
         "psd_positions": 64 * 128,  # 512x1024 crop, stage taps at output stride 8
         "model": {"name": "deeplabv3_resnet18", "kwargs": {}},
-        "data": {"dataset": "cityscapes:data/cityscapes", "base_size": None, "crop_size": [512, 1024],
+        "data": {"dataset": "cityscapes:${EDGESEG_DATA}/cityscapes", "base_size": None, "crop_size": [512, 1024],
                  "scale_range": [0.5, 2.0], "batch_size": 8, "workers": 8},
         "optim": {"lr": 0.01, "weight_decay": 1.0e-4, "warmup_iters": 0},
         "train": {"iterations": 40000, "val_every": 4000, "ckpt_every": 1000, "log_every": 50, "device": "cuda",
@@ -45,7 +45,7 @@ PROTOCOLS = {
         "teacher": "runs/teacher_r50_gpu/best.pt",
         "psd_positions": 45 * 45,  # 360x360 crop, output stride 8
         "model": {"name": "deeplabv3_resnet18", "kwargs": {}},
-        "data": {"dataset": "camvid:../shared/data/camvid", "base_size": None, "crop_size": [360, 360],
+        "data": {"dataset": "camvid:${EDGESEG_DATA}/camvid", "base_size": None, "crop_size": [360, 360],
                  "scale_range": [0.5, 2.0], "batch_size": 8, "workers": 6},
         "optim": {"lr": 0.01, "weight_decay": 1.0e-4, "warmup_iters": 0},
         "train": {"iterations": 8000, "val_every": 1000, "ckpt_every": 500, "log_every": 20, "device": "cuda",
