@@ -191,6 +191,13 @@ async def load(server: Server, body: bytes, answer: str, requests: int, concurre
         wall = time.perf_counter() - started
         server_cpu = server.cpu_seconds() - cpu_before
         stats = (await client.get("/v1/stats")).json()["batching"]
+    return run_row(requests, pending, latencies, errors, wall, server_cpu,
+                   stats["images"] - before["images"], stats["batches"] - before["batches"])
+
+
+def run_row(requests: int, pending, latencies: list[float], errors: list[str], wall: float, server_cpu: float,
+            images: int, batches: int) -> dict:
+    """One load run's row (also triton_load.py's): counts, throughput, latency percentiles, server CPU, batching."""
     return {
         "sent": requests - len(pending),
         "completed": len(latencies),
@@ -202,14 +209,15 @@ async def load(server: Server, body: bytes, answer: str, requests: int, concurre
         "p99_ms": round(float(np.percentile(latencies, 99)), 1) if latencies else None,
         "mean_ms": round(float(np.mean(latencies)), 1) if latencies else None,
         "server_cpu_ms_per_request": round(server_cpu * 1000.0 / max(1, len(latencies)), 2),
-        "server_batches": stats["batches"] - before["batches"],
-        "server_images": stats["images"] - before["images"],
+        "server_batches": batches,
+        "server_images": images,
     }
 
 
-def summarise(runs: list[dict]) -> dict:
+def summarise(runs: list[dict], configs=CONFIGS) -> dict:
+    """Per configuration, the median of its runs (errors summed, batch size over all of them)."""
     summary = {}
-    for name in CONFIGS:
+    for name in configs:
         mine = [run for run in runs if run["config"] == name]
         summary[name] = {
             "throughput_rps": round(statistics.median(run["throughput_rps"] for run in mine), 2),

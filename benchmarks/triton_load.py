@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import importlib
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import header_lines, provenance  # noqa: E402  (sibling scripts, imported after the path is set)
-from serve_load import Server, build_student, load, request_image  # noqa: E402
+from serve_load import Server, build_student, load, request_image, run_row, summarise  # noqa: E402
 
 from edgeseg.export.onnx_graph import graph_io, load_onnx, read_metadata  # noqa: E402
 from edgeseg.export.triton import TritonOptions, write_triton_repository  # noqa: E402
@@ -123,41 +122,7 @@ async def triton_load(server: TritonServer, model: str, protocol: str, tensor: n
         after = counts(await client.get_inference_statistics(model, **stats_kwargs))
     finally:
         await client.close()
-    return summarise_run(requests, pending, latencies, errors, wall, server_cpu,
-                         after[0] - before[0], after[1] - before[1])
-
-
-def summarise_run(requests, pending, latencies, errors, wall, server_cpu, images, batches) -> dict:
-    """One run's row, with the same keys as serve_load.load gives for edgeseg serve."""
-    return {
-        "sent": requests - len(pending),
-        "completed": len(latencies),
-        "errors": len(errors) + len(pending),
-        "error_samples": errors[:5],
-        "wall_s": round(wall, 3),
-        "throughput_rps": round(len(latencies) / wall, 2),
-        "p50_ms": round(float(np.percentile(latencies, 50)), 1) if latencies else None,
-        "p99_ms": round(float(np.percentile(latencies, 99)), 1) if latencies else None,
-        "server_cpu_ms_per_request": round(server_cpu * 1000.0 / max(1, len(latencies)), 2),
-        "server_images": images,
-        "server_batches": batches,
-    }
-
-
-def summary_of(runs: list[dict]) -> dict:
-    summary = {}
-    for name in CONFIG_TEXT:
-        mine = [run for run in runs if run["config"] == name]
-        summary[name] = {
-            "throughput_rps": round(statistics.median(run["throughput_rps"] for run in mine), 2),
-            "p50_ms": round(statistics.median(run["p50_ms"] or 0 for run in mine), 1),
-            "p99_ms": round(statistics.median(run["p99_ms"] or 0 for run in mine), 1),
-            "server_cpu_ms_per_request": round(statistics.median(run["server_cpu_ms_per_request"] for run in mine), 2),
-            "errors": sum(run["errors"] for run in mine),
-            "mean_batch_size": round(sum(run["server_images"] for run in mine)
-                                     / max(1, sum(run["server_batches"] for run in mine)), 2),
-        }
-    return summary
+    return run_row(requests, pending, latencies, errors, wall, server_cpu, after[0] - before[0], after[1] - before[1])
 
 
 def write_report(result: dict, stem: Path) -> None:
@@ -250,7 +215,7 @@ def main() -> int:
         "requests": args.requests, "concurrency": args.concurrency, "rounds": args.rounds, "protocol": args.protocol,
         "image_bytes": len(body), "load_average": load_average,
         "model": {"file": Path(model).name, "name": meta.model, "input": input_desc, "description": description},
-        "runs": runs, "summary": summary_of(runs),
+        "runs": runs, "summary": summarise(runs, CONFIG_TEXT),
     }
     write_report(result, args.results)
     print(f"wrote {args.results}.md/.json")
