@@ -283,9 +283,9 @@ def write_report(result: dict, stem: Path) -> None:
     write_text_atomic(stem.with_suffix(".md"), "\n".join(lines))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, help="model to serve (default: export --student at --size)")
+def add_load_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
+    """The model and load settings this script and triton_load.py share."""
+    parser.add_argument("--model", type=Path, help=model_help)
     parser.add_argument("--student", default="fastscnn", help="registered student to export when --model is absent")
     parser.add_argument("--size", type=size_argument, default=(96, 128), metavar="HxW",
                         help="network input size of the exported student (default 96x128)")
@@ -293,6 +293,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--time-limit", type=float, default=240.0, help="seconds one run may take")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_load_arguments(parser, "model to serve (default: export --student at --size)")
     parser.add_argument("--send-size", type=size_argument, default=(360, 480), metavar="HxW",
                         help="size of the JPEG each request sends (default 360x480)")
     parser.add_argument("--answer", choices=sorted(ANSWERS), default="png",

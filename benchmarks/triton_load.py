@@ -40,12 +40,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import header_lines, provenance  # noqa: E402  (sibling scripts, imported after the path is set)
-from serve_load import Server, build_student, load, request_image, run_row, summarise  # noqa: E402
+from serve_load import (Server, add_load_arguments, build_student, load, request_image, run_row,  # noqa: E402
+                        summarise)
 
 from edgeseg.export.onnx_graph import graph_io, load_onnx, read_metadata  # noqa: E402
 from edgeseg.export.triton import TritonOptions, write_triton_repository  # noqa: E402
 from edgeseg.runtime import Segmenter  # noqa: E402
-from edgeseg.runtime.arguments import size_argument  # noqa: E402
 from edgeseg.runtime.backends.triton_client import TRITON_DTYPES  # noqa: E402
 from edgeseg.runtime.backends.triton_server import TritonServer  # noqa: E402
 from edgeseg.runtime.atomic_files import write_json_atomic, write_text_atomic  # noqa: E402
@@ -153,15 +153,8 @@ def write_report(result: dict, stem: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, help="batch-dynamic .onnx to serve (default: export --student)")
-    parser.add_argument("--student", default="fastscnn", help="registered student to export when --model is absent")
-    parser.add_argument("--size", type=size_argument, default=(96, 128), metavar="HxW",
-                        help="network input size of the exported student (default 96x128)")
-    parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2)
+    add_load_arguments(parser, "batch-dynamic .onnx to serve (default: export --student)")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="Triton client protocol")
-    parser.add_argument("--time-limit", type=float, default=240.0, help="seconds one run may take")
     parser.add_argument("--results", type=Path, default=RESULTS, help="output path without suffix")
     args = parser.parse_args()
     if not 1 <= args.requests <= 5000 or not 1 <= args.concurrency <= 256:
