@@ -168,23 +168,21 @@ def run_training(protocol: str, method: str, seed: int, teacher: str, runs: Path
     done = out / "metrics.json"
     if done.is_file():
         print(f"[skip] {method} seed {seed}: finished ({out})", flush=True)
-        final = json.loads(done.read_text())["final"]
-        ledger.record(method, seed, teacher, final, source=_shown(out))
-        return final
-    recorded = ledger.lookup(method, seed, teacher)
-    if recorded is not None:
-        print(f"[skip] {method} seed {seed}: in the ledger {ledger.path.name}", flush=True)
-        return recorded
-    command = [sys.executable, "-m", "edgeseg.cli", "train"]
-    if (out / "last.pt").is_file():
-        command += ["--resume", str(out)]
-        print(f"[resume] {method} seed {seed} from {out / 'last.pt'}", flush=True)
     else:
-        command += [str(config_path(protocol, method)), "--out", str(out)]
-        print(f"[train] {method} seed {seed} -> {out}", flush=True)
-    for item in overrides(teacher, seed, method):
-        command += ["--set", item]
-    subprocess.run(command, check=True, cwd=REPO)
+        recorded = ledger.lookup(method, seed, teacher)
+        if recorded is not None:
+            print(f"[skip] {method} seed {seed}: in the ledger {ledger.path.name}", flush=True)
+            return recorded
+        command = [sys.executable, "-m", "edgeseg.cli", "train"]
+        if (out / "last.pt").is_file():
+            command += ["--resume", str(out)]
+            print(f"[resume] {method} seed {seed} from {out / 'last.pt'}", flush=True)
+        else:
+            command += [str(config_path(protocol, method)), "--out", str(out)]
+            print(f"[train] {method} seed {seed} -> {out}", flush=True)
+        for item in overrides(teacher, seed, method):
+            command += ["--set", item]
+        subprocess.run(command, check=True, cwd=REPO)
     final = json.loads(done.read_text())["final"]
     ledger.record(method, seed, teacher, final, source=_shown(out))
     return final
@@ -369,8 +367,8 @@ def summarize(args, runs: Path, timings: dict | None, teacher: dict, plain_confi
                                       if reference is not None and row["miou_mean"] is not None else None)
             row["equal_time_extrapolated"] = extrapolated
         rows.append(row)
-    for earlier in getattr(args, "pool_with", None) or []:
-        _pool_pairs(rows, by_seed, json.loads(Path(earlier).read_text()), str(earlier))
+    if getattr(args, "pool_with", None):
+        _pool_pairs(rows, by_seed, json.loads(Path(args.pool_with).read_text()), str(args.pool_with))
     classes = teacher["num_classes"]
     teacher = {**teacher, **model_costs({"name": teacher["model"], "kwargs": teacher["kwargs"]}, classes, size)}
     return {**provenance("benchmarks/distill.py"), "machine": machine(), "protocol": args.protocol,
@@ -441,7 +439,7 @@ def main() -> None:
                         help="with --report-only: run the timing pass instead of reusing the stored timing")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, e.g. --set train.threads=1")
-    parser.add_argument("--pool-with", nargs="*", type=Path, default=[], metavar="RESULTS.json",
+    parser.add_argument("--pool-with", type=Path, metavar="RESULTS.json",
                         help="also pool the paired gains with an earlier sweep of this protocol from another base "
                              f"(arms {', '.join(sorted(POOLED_METHODS))} only: their configs did not change)")
     parser.add_argument("--time-method", help=argparse.SUPPRESS)

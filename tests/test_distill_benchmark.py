@@ -94,7 +94,7 @@ def test_summary_reports_gain_interval_mde_and_equal_time(tmp_path, monkeypatch)
     earlier = tmp_path / "earlier.json"
     earlier.write_text(json.dumps({"base_miou": 0.39, "seeds_by_method": {"plain": [0, 1], "dsd": [0, 1]},
                                    "per_seed_miou": {"plain": [0.30, 0.32], "dsd": [0.31, 0.33]}}))
-    args.pool_with = [earlier]
+    args.pool_with = earlier
     summary = distill.summarize(args, runs, timings, teacher, plain_config)
     pooled = next(r for r in summary["rows"] if r["method"] == "dsd")["pooled"]
     assert "over two warm-start bases" in distill.to_markdown(summary)
