@@ -78,6 +78,10 @@ def overrides(teacher: str, seed: int, method: str) -> list[str]:
     return sets
 
 
+# Config keys that did not exist when the ledger's first entries were stamped; unset, they stay out of the stamp.
+STAMPED_WHEN_SET = [("data", "train_include")]
+
+
 class Ledger:
     """The committed record of finished runs: ``{"<method>_s<seed>": entry}`` in one JSON file.
 
@@ -106,6 +110,9 @@ class Ledger:
         config = resolve_config(config_path(self.protocol, method), overrides(teacher, seed, method))
         # Where the dataset lives is no part of what the run computes: stamp its name only.
         config["data"]["dataset"] = config["data"]["dataset"].partition(":")[0]
+        for section, key in STAMPED_WHEN_SET:  # settings added after the ledger began: absent from older stamps
+            if config[section].get(key) is None:
+                config[section].pop(key, None)
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return {"config_sha": digest, "base_miou": base_miou(self.protocol)}
 
@@ -221,7 +228,7 @@ def time_method(protocol: str, method: str, teacher: str, steps: int, warmup: in
         config["distill"]["autoencoder"]["iterations"] = 1  # the timing pass needs a frozen encoder, not a good one
         config["distill"]["autoencoder"]["cache_dir"] = str(REPO / "runs" / "timing_autoencoders")
     trainer = Trainer(config, REPO / "runs" / "timing" / method)
-    batches = trainer._batches()
+    batches = trainer._labeled_batches()
     cuda = trainer.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(trainer.device)

@@ -29,7 +29,7 @@ def measure(protocol: str, method: str, overrides: list[str], out: Path) -> dict
     config = resolve_config(REPO / "configs" / "distill" / protocol / f"{method}.yaml", overrides)
     config["data"]["workers"] = 0
     trainer = Trainer(config, out / method)
-    images, labels = next(trainer._batches())
+    images, labels = next(trainer._labeled_batches())
     captured = {}
     original = trainer._check_balance
 

@@ -18,6 +18,8 @@ uses.
 
 from __future__ import annotations
 
+import copy
+import fnmatch
 import os
 import re
 from dataclasses import dataclass
@@ -89,14 +91,29 @@ class SegmentationDataset:
         self.split = split
         self.classes = classes
         self._pairs = list(pairs)
+        self.include: tuple[str, ...] = ()  # the patterns :meth:`select` kept, for the repr and caches
         self._lut, self._sentinel = build_label_lut(raw_to_train, classes.num_classes)
 
     def __len__(self) -> int:
         return len(self._pairs)
 
     def __repr__(self) -> str:
+        chosen = f", include={list(self.include)!r}" if self.include else ""
         return (f"SegmentationDataset(name={self.name!r}, split={self.split!r}, samples={len(self)}, "
-                f"classes={self.classes.num_classes}, root='{self.root}')")
+                f"classes={self.classes.num_classes}, root='{self.root}'{chosen})")
+
+    def select(self, patterns: list[str]) -> "SegmentationDataset":
+        """The samples whose image file stem matches one of the shell patterns (``0001TP_*``): a sequence split.
+
+        An empty result is an error naming the patterns, so a typo never trains on nothing.
+        """
+        pairs = [pair for pair in self._pairs if any(fnmatch.fnmatchcase(pair[0].stem, p) for p in patterns)]
+        if not pairs:
+            raise DataError(f"no {self.name} {self.split} image matches {list(patterns)} (patterns apply to file "
+                            f"stems such as {self._pairs[0][0].stem!r})")
+        chosen = copy.copy(self)
+        chosen._pairs, chosen.include = pairs, tuple(patterns)
+        return chosen
 
     def _pair(self, index: int) -> tuple[Path, Path]:
         if not -len(self._pairs) <= index < len(self._pairs):

@@ -199,7 +199,8 @@ def test_a_bf16_teacher_feeds_float32_losses(teacher_path, tmp_path):
     assert trainer.distiller.teacher_dtype is torch.bfloat16
     images = torch.rand(2, 3, 64, 96)
     trainer.model(images)
-    total, parts = trainer.distiller.losses(images, torch.zeros(2, 64, 96, dtype=torch.long))
+    trainer.distiller.teach(images)
+    total, parts = trainer.distiller.losses(torch.zeros(2, 64, 96, dtype=torch.long))
     assert total.dtype == torch.float32 and torch.isfinite(total) and total > 0
 
 

@@ -69,10 +69,10 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
     crashing = Trainer(tiny_config("train.iterations=8", "train.ckpt_every=4"), tmp_path / "b")
     real_step = crashing.train_step
 
-    def step_then_crash(images, labels):
+    def step_then_crash(*batch):
         if crashing.iteration == 5:
             raise RuntimeError("simulated crash")
-        return real_step(images, labels)
+        return real_step(*batch)
 
     crashing.train_step = step_then_crash
     with pytest.raises(RuntimeError, match="simulated crash"):

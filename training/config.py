@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "dataset": "camvid",        # NAME or NAME:ROOT; bare "camvid" is the embedded sample
         "train_split": "train",
+        "train_include": None,      # train on the images whose file stem matches a pattern, e.g. ["0001TP_*"]
         "val_split": "val",
         "base_size": None,          # [H, W] images are resized to before augmentation; None = native size
         "crop_size": [360, 480],

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 from tqdm import tqdm
 
 from edgeseg.runtime.classes import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
@@ -108,6 +108,8 @@ class Trainer:
         seed_everything(train_cfg["seed"] + self.rank)
 
         self.train_set = open_dataset(data_cfg["dataset"], data_cfg["train_split"])
+        if data_cfg["train_include"]:
+            self.train_set = self.train_set.select(list(data_cfg["train_include"]))
         self.val_set = open_dataset(data_cfg["dataset"], data_cfg["val_split"])
         self.classes = self.train_set.classes
         mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
@@ -127,6 +129,14 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
 
         self.distiller = None
+        self.unlabeled = None  # frames the student learns from the teacher alone (distill.unlabeled)
+        if config.get("distill") and config["distill"].get("unlabeled"):
+            from .data.unlabeled import open_unlabeled, sampling_summary, unlabeled_settings
+
+            self.unlabeled_settings = unlabeled_settings(config["distill"]["unlabeled"])
+            self.unlabeled = open_unlabeled(self.unlabeled_settings)  # a broken source fails here, before training
+            if self.rank == 0:
+                print(sampling_summary(self.unlabeled, self.unlabeled_settings, data_cfg["batch_size"]))
         if config.get("distill"):
             from .distill.distiller import Distiller
 
@@ -246,43 +256,65 @@ class Trainer:
                 group["momentum"] = optim_cfg["momentum"]
 
     # ----------------------------------------------------------------------------------------------- loop
-    def _train_loader(self) -> tuple[DataLoader, EpochSampler]:
-        data_cfg = self.config["data"]
-        dataset = SegmentationTorchDataset(self.train_set, self.train_transform, seed=self.config["train"]["seed"])
-        sampler = EpochSampler(len(dataset), self.config["train"]["seed"], self.rank, self.world)
-        batch = data_cfg["batch_size"]
+    def _batches(self, dataset, seed: int, batch: int, what: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless stream of batches of ``dataset``, starting exactly where iteration ``self.iteration`` left off."""
+        sampler = EpochSampler(len(dataset), seed, self.rank, self.world)
         if len(sampler) < batch:
-            raise ConfigError(f"data.batch_size={batch} is larger than the {len(sampler)} training images")
-        return make_loader(dataset, sampler, batch, data_cfg["workers"], drop_last=True), sampler
-
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Endless stream of training batches, starting exactly where iteration ``self.iteration`` left off."""
-        loader, sampler = self._train_loader()
-        per_epoch = len(range(self.rank, len(loader.dataset), self.world)) // self.config["data"]["batch_size"]
+            raise ConfigError(f"a batch takes {batch} {what} but there are only {len(sampler)}")
+        loader = make_loader(dataset, sampler, batch, self.config["data"]["workers"], drop_last=True)
+        per_epoch = len(sampler) // batch
         epoch, offset = divmod(self.iteration, per_epoch)
         while True:
-            sampler.set_position(epoch, offset * self.config["data"]["batch_size"])
-            loader.dataset.set_epoch(epoch)
+            sampler.set_position(epoch, offset * batch)
+            dataset.set_epoch(epoch)
             yield from loader
             epoch, offset = epoch + 1, 0
+
+    def _labeled_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        seed = self.config["train"]["seed"]
+        dataset = SegmentationTorchDataset(self.train_set, self.train_transform, seed=seed)
+        return self._batches(dataset, seed, self.config["data"]["batch_size"], "training images (data.batch_size)")
+
+    def _unlabeled_batches(self) -> Iterator[torch.Tensor] | None:
+        """The unlabeled frames of every step; their own order and augmentation (seed + 1), the same crops."""
+        if self.unlabeled is None:
+            return None
+        from .data.unlabeled import UnlabeledTorchDataset, unlabeled_batch_size
+
+        seed = self.config["train"]["seed"] + 1
+        batch = unlabeled_batch_size(self.config["data"]["batch_size"], self.unlabeled_settings["ratio"])
+        dataset = UnlabeledTorchDataset(self.unlabeled, self.train_transform, seed=seed)
+        return (images for images, _ in self._batches(dataset, seed, batch, "unlabeled frames"))
 
     def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), labels, weight=self.class_weights, ignore_index=IGNORE_INDEX)
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor,
+                   unlabeled: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimiser step; ``unlabeled`` frames join the batch and learn from the teacher alone."""
         self.net.train()
+        labeled = images.shape[0]
+        if unlabeled is not None:
+            images = torch.cat([images, unlabeled])
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp_dtype):
             logits = self.net(images)
-            task = self._task_loss(logits, labels)
+            task = self._task_loss(logits[:labeled] if unlabeled is not None else logits, labels)
             parts = {"ce": task}
             loss = task
             if self.distiller is not None:
-                distill_total, distill_parts = self.distiller.losses(images, labels)
+                self.distiller.teach(images)
+                pseudo_term = None
+                if unlabeled is not None:
+                    pseudo_term, labels = self._pseudo_label_loss(logits[labeled:], labels, parts)
+                distill_total, distill_parts = self.distiller.losses(labels)
                 loss = self.distiller.task_weight * task + distill_total
+                if pseudo_term is not None:
+                    loss = loss + pseudo_term
+                    self.distiller.last_weighted["pseudo_ce"] = pseudo_term  # the balance check weighs it too
                 parts.update(distill_parts)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at iteration {self.iteration}; lower optim.lr or "
@@ -298,6 +330,19 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
+
+    def _pseudo_label_loss(self, logits: torch.Tensor, labels: torch.Tensor, parts: dict):
+        """Cross entropy of the unlabeled frames against the teacher's confident classes, weighted; and the batch's
+        labels with those pseudo-labels appended, for the losses (ACE) that need labels."""
+        from .data.unlabeled import pseudo_labels
+
+        settings = self.unlabeled_settings
+        pseudo = pseudo_labels(self.distiller.teacher_probabilities()[labels.shape[0]:], settings["threshold"])
+        confident = pseudo != IGNORE_INDEX
+        parts["pseudo_share"] = confident.float().mean()
+        value = self._task_loss(logits, pseudo) if bool(confident.any()) else logits.sum() * 0.0
+        parts["pseudo_ce"] = value.detach()
+        return settings["pseudo_weight"] * value, torch.cat([labels, pseudo])
 
     def _check_balance(self, task: torch.Tensor) -> None:
         """Measure every weighted term against the cross entropy (see :mod:`.distill.balance`); log and warn."""
@@ -392,7 +437,8 @@ class Trainer:
             self._remove_stale_temporaries()
             save_config(self.config, self.out_dir / "config.yaml")
         metrics: dict = {}
-        batches = self._batches()
+        batches = self._labeled_batches()
+        unlabeled = self._unlabeled_batches()
         bar = tqdm(total=total, initial=self.iteration, desc="train", disable=self.rank != 0, mininterval=1.0,
                    dynamic_ncols=True)
         running: dict[str, float] = {}
@@ -400,8 +446,9 @@ class Trainer:
         try:
             while self.iteration < total:
                 images, labels = next(batches)
+                extra = next(unlabeled) if unlabeled is not None else None
                 started = time.perf_counter()
-                values = self.train_step(images, labels)
+                values = self.train_step(images, labels, extra)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 step_times.append(time.perf_counter() - started)

@@ -4,6 +4,9 @@ Config schema (the ``distill`` section of a training config)::
 
     distill:
       teacher: runs/teacher/best.pt     # an edgeseg checkpoint; frozen, eval mode, no gradients
+      teachers: [a.pt, b.pt]            # or an ensemble (instead of teacher): class probabilities are averaged for
+                                        # the logits/output taps and the pseudo-labels; feature taps come from the
+                                        # first teacher
       task_weight: 1.0                  # weight of the student's own cross entropy (0 turns it off, e.g. for ACE)
       teacher_amp: auto                 # teacher forward dtype: auto (training AMP on CUDA, bf16 on CPUs with
                                         # native bf16), bf16, fp16 or off
@@ -14,6 +17,7 @@ Config schema (the ``distill`` section of a training config)::
         iterations: 400
         lr: 0.1
         cache_dir: null                 # default: ~/.cache/edgeseg/autoencoders
+      unlabeled: footage.mp4            # unlabeled frames mixed into every batch (edgeseg.training.data.unlabeled)
 
 Every loss owns its training-only adapters, so the student's ``state_dict`` (and its export) never contains them.
 """
@@ -37,6 +41,8 @@ from .hooks import FeatureTaps
 from .losses import build_loss
 
 LOSS_KEYS = {"name", "weight", "student", "teacher", "params"}
+DISTILL_KEYS = {"teacher", "teachers", "task_weight", "losses", "autoencoder", "teacher_amp", "unlabeled"}
+ENSEMBLE_TAPS = {"logits", "output"}  # taps that hold class scores: the ones an ensemble can average
 # ``stride`` 2 halves the code's resolution: with a teacher feature at half the student's output stride (the paper's
 # large-output-stride students) it brings the teacher to the student's grid and cuts the encoder's cost by four.
 AUTOENCODER_DEFAULTS = {"iterations": 400, "lr": 0.1, "cache_dir": None, "batch_size": 8, "stride": 1}
@@ -56,25 +62,20 @@ class Distiller:
 
     def __init__(self, config: dict, *, student: nn.Module, classes, device: torch.device,
                  amp_dtype: torch.dtype | None, out_dir: Path, train_set=None, train_transform=None) -> None:
-        if not isinstance(config, dict) or "teacher" not in config:
-            raise ConfigError("distill needs a 'teacher' checkpoint path")
-        unknown = set(config) - {"teacher", "task_weight", "losses", "autoencoder", "teacher_amp"}
+        if not isinstance(config, dict) or ("teacher" in config) == ("teachers" in config):
+            raise ConfigError("distill needs a 'teacher' checkpoint path or a 'teachers' list (one of the two)")
+        unknown = set(config) - DISTILL_KEYS
         if unknown:
-            raise ConfigError(f"unknown distill keys {sorted(unknown)}; expected teacher, task_weight, losses, "
-                              f"autoencoder, teacher_amp")
+            raise ConfigError(f"unknown distill keys {sorted(unknown)}; expected {', '.join(sorted(DISTILL_KEYS))}")
         self.device, self.amp_dtype = device, amp_dtype
         self.teacher_dtype = teacher_autocast_dtype(config.get("teacher_amp", "auto"), device, amp_dtype)
         self.task_weight = float(config.get("task_weight", 1.0))
-        self.teacher_path = Path(config["teacher"])
-        card = load_checkpoint(self.teacher_path)
-        teacher_classes = card_classes(card)
-        if tuple(teacher_classes.names) != tuple(classes.names):
-            raise ConfigError(f"teacher {self.teacher_path} predicts {list(teacher_classes.names)} but the student "
-                              f"trains on {list(classes.names)}")
-        self.teacher = build_model_from_card(card).to(device).eval()
-        for param in self.teacher.parameters():
-            param.requires_grad_(False)
-        self.teacher_name = card["model"]["name"]
+        paths = config["teachers"] if "teachers" in config else [config["teacher"]]
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+            raise ConfigError(f"distill.teachers must be a non-empty list of checkpoint paths, got {paths!r}")
+        self.teachers = [self._load_teacher(Path(path), classes) for path in paths]
+        self.teacher, self.teacher_path = self.teachers[0], Path(paths[0])
+        self.teacher_name = self.teacher.edgeseg_name
 
         specs = config.get("losses") or []
         if not specs:
@@ -84,6 +85,10 @@ class Distiller:
         teacher_names = sorted({n for s in self.specs for n in s["teacher"]})
         self.student_taps = FeatureTaps(student, student_names)
         self.teacher_taps = FeatureTaps(self.teacher, teacher_names)
+        # An ensemble averages what is a class distribution; the other teachers need only those taps.
+        self.ensemble_names = [n for n in teacher_names if n in ENSEMBLE_TAPS] if len(self.teachers) > 1 else []
+        self.extra_taps = [FeatureTaps(t, self.ensemble_names) for t in self.teachers[1:] if self.ensemble_names]
+        self.teacher_output: torch.Tensor | None = None
         student_channels, teacher_channels = self._probe_channels(student, train_transform)
         self.teacher_channels = teacher_channels
         self.autoencoder_stats: dict[str, dict[str, float]] = {}
@@ -100,6 +105,18 @@ class Distiller:
         self._prepare_autoencoders(config.get("autoencoder") or {}, train_set, train_transform)
 
     # ---------------------------------------------------------------------------------------------- set-up
+    def _load_teacher(self, path: Path, classes) -> nn.Module:
+        card = load_checkpoint(path)
+        teacher_classes = card_classes(card)
+        if tuple(teacher_classes.names) != tuple(classes.names):
+            raise ConfigError(f"teacher {path} predicts {list(teacher_classes.names)} but the student trains on "
+                              f"{list(classes.names)}")
+        teacher = build_model_from_card(card).to(self.device).eval()
+        for param in teacher.parameters():
+            param.requires_grad_(False)
+        teacher.edgeseg_name = card["model"]["name"]
+        return teacher
+
     @staticmethod
     def _check_spec(spec: dict, index: int) -> dict:
         where = f"distill.losses[{index}]"
@@ -213,14 +230,31 @@ class Distiller:
         return model.encoder
 
     # ---------------------------------------------------------------------------------------------- training
-    def losses(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted distillation loss for the student forward pass that just ran on ``images``.
+    @torch.no_grad()
+    def teach(self, images: torch.Tensor) -> None:
+        """Run the teacher(s) on the batch the student just saw: their taps feed :meth:`losses`, their output
+        :meth:`teacher_probabilities`. An ensemble's class-distribution taps become the log of the mean softmax."""
+        with autocast(self.device, self.teacher_dtype):
+            outputs = [teacher(images).float() for teacher in self.teachers]
+        self.teacher_output = outputs[0] if len(outputs) == 1 else torch.log(_mean_softmax(outputs))
+        for name in self.ensemble_names:
+            maps = [self.teacher_taps.outputs[name], *(taps.outputs[name] for taps in self.extra_taps)]
+            self.teacher_taps.outputs[name] = torch.log(_mean_softmax(maps))
+        for taps in self.extra_taps:
+            taps.clear()
+
+    def teacher_probabilities(self) -> torch.Tensor:
+        """Class probabilities of the teacher (or the ensemble's mean) at the input resolution, last batch."""
+        if self.teacher_output is None:
+            raise RuntimeError("teach() has not run on this batch")
+        return torch.softmax(self.teacher_output, dim=1)
+
+    def losses(self, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted distillation loss for the batch the student and :meth:`teach` just ran on.
 
         Each weighted term, still attached to the graph, is kept in ``last_weighted`` for the loss-balance check.
         """
-        with torch.no_grad(), autocast(self.device, self.teacher_dtype):
-            self.teacher(images)
-        total = images.new_zeros((), dtype=torch.float32)
+        total = labels.new_zeros((), dtype=torch.float32)
         parts: dict[str, torch.Tensor] = {}
         weighted: dict[str, torch.Tensor] = {}
         for spec, criterion in zip(self.specs, self.criteria):
@@ -235,6 +269,7 @@ class Distiller:
         self.last_weighted = weighted
         self.student_taps.clear()
         self.teacher_taps.clear()
+        self.teacher_output = None
         return total, parts
 
     def parameters(self):
@@ -249,3 +284,17 @@ class Distiller:
     def close(self) -> None:
         self.student_taps.close()
         self.teacher_taps.close()
+        for taps in self.extra_taps:
+            taps.close()
+
+
+def _mean_softmax(maps: list[torch.Tensor]) -> torch.Tensor:
+    """Average class probabilities of several teachers, each resized (bilinear) to the first one's grid."""
+    size = maps[0].shape[-2:]
+    total = torch.zeros_like(maps[0], dtype=torch.float32)
+    for logits in maps:
+        logits = logits.float()
+        if logits.shape[-2:] != size:
+            logits = torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        total += torch.softmax(logits, dim=1)
+    return (total / len(maps)).clamp_min(1e-12)
