@@ -49,6 +49,7 @@ from provenance import provenance  # noqa: E402
 from stats import minimum_detectable_effect, paired, pooled_std, runs_for_effect, welch  # noqa: E402
 
 ALL_METHODS = ["plain", "kd", "cwd", "skd_pairwise", "dsd", "psd", "csd", "ka", "csc", "ace", "csc_ace"]
+UNLABELED_ARMS = ["kd_unlabeled"]  # camvid_cpu_r18_unlabeled: KD with unlabeled target frames in every batch
 # The plain student given more iterations (configs' plain_long.yaml, warm-start protocol): the reference for the
 # gain at equal wall-clock. Trained with the same seeds; not a row of its own.
 EQUAL_TIME_ARM = "plain_long"
@@ -428,7 +429,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocol", default="camvid_cpu", help="folder under configs/distill (default camvid_cpu)")
     parser.add_argument("--teacher", required=True, help="teacher checkpoint (overrides the configs' distill.teacher)")
-    parser.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=[*ALL_METHODS, EQUAL_TIME_ARM],
+    parser.add_argument("--methods", nargs="+", default=ALL_METHODS,
+                        choices=[*ALL_METHODS, *UNLABELED_ARMS, EQUAL_TIME_ARM],
                         help=f"rows of the table ({EQUAL_TIME_ARM} stands for --equal-time)")
     parser.add_argument("--equal-time", action="store_true",
                         help=f"also train the {EQUAL_TIME_ARM} arm (warm-start protocols) for the equal-time gain")

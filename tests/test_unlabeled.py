@@ -1,5 +1,7 @@
 """Distillation on unlabeled footage: the source, the mixing ratio, the confidence masking and the teacher ensemble."""
 
+import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -213,3 +215,19 @@ def test_cache_folder_is_keyed_by_sampling(tmp_path):
     first = open_unlabeled(unlabeled_settings({"source": str(video), "stride": 2, "cache_dir": str(tmp_path)}))
     second = open_unlabeled(unlabeled_settings({"source": str(video), "stride": 3, "cache_dir": str(tmp_path)}))
     assert first.paths[0].parent != second.paths[0].parent and len(first) == 3 and len(second) == 2
+
+
+def test_flicker_benchmark_reports_flicker_and_agreement(teachers, tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import flicker
+
+    video = write_video(tmp_path / "clip.avi", 5)
+    out = tmp_path / "flicker"
+    flicker.main([f"a={teachers[0]}", f"b={teachers[1]}", "--reference", "a", "--video", str(video), "--out",
+                  str(out)])
+    record = json.loads(out.with_suffix(".json").read_text())
+    rows = {row["model"]: row for row in record["rows"]}
+    assert record["frames"] == 5 and rows["a"]["frame_pairs"] == 4
+    assert "agreement" not in rows["a"] and 0.0 <= rows["b"]["agreement"] <= 1.0
+    assert 0.0 <= rows["b"]["overall"] <= 1.0
+    assert "| b |" in out.with_suffix(".md").read_text()

@@ -53,7 +53,7 @@ def unlabeled_settings(value) -> dict:
     settings = {**UNLABELED_DEFAULTS, **value}
     if not settings["source"]:
         raise ConfigError("distill.unlabeled needs a 'source': a video file, an image folder or a source URI")
-    settings["source"] = str(settings["source"])
+    settings["source"] = os.path.expanduser(os.path.expandvars(str(settings["source"])))  # ${EDGESEG_DATA}/...
     if not isinstance(settings["stride"], int) or settings["stride"] < 1:
         raise ConfigError(f"distill.unlabeled.stride must be an integer >= 1, got {settings['stride']!r}")
     if settings["max_frames"] is not None and (not isinstance(settings["max_frames"], int)
