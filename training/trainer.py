@@ -279,11 +279,11 @@ class Trainer:
         """The unlabeled frames of every step; their own order and augmentation (seed + 1), the same crops."""
         if self.unlabeled is None:
             return None
-        from .data.unlabeled import UnlabeledTorchDataset, unlabeled_batch_size
+        from .data.unlabeled import unlabeled_batch_size
 
         seed = self.config["train"]["seed"] + 1
         batch = unlabeled_batch_size(self.config["data"]["batch_size"], self.unlabeled_settings["ratio"])
-        dataset = UnlabeledTorchDataset(self.unlabeled, self.train_transform, seed=seed)
+        dataset = SegmentationTorchDataset(self.unlabeled, self.train_transform, seed=seed)
         return (images for images, _ in self._batches(dataset, seed, batch, "unlabeled frames"))
 
     def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from edgeseg.runtime.classes import IGNORE_INDEX
 from edgeseg.runtime.errors import ConfigError, DataError, VideoSourceError
@@ -90,6 +89,12 @@ class UnlabeledFrames:
     def read_image(self, index: int) -> np.ndarray:
         return read_rgb_image(self.paths[index])
 
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(RGB frame, all-ignore label): the labeled datasets' sample form, so the same torch wrapper and training
+        transform (crops, flips, jitter, seeded per sample) apply."""
+        image = self.read_image(index)
+        return image, np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+
 
 def _default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeseg" / "frames"
@@ -98,7 +103,7 @@ def _default_cache_dir() -> Path:
 def open_unlabeled(settings: dict) -> UnlabeledFrames:
     """Resolve the source to frame files; a missing, unreadable or empty source is a one-line error here, before
     any training starts."""
-    from edgeseg.runtime.video.sources import list_images, open_source
+    from edgeseg.runtime.video.sources import list_images
     from edgeseg.runtime.video.uri import parse_source
 
     source = settings["source"]
@@ -114,15 +119,17 @@ def open_unlabeled(settings: dict) -> UnlabeledFrames:
     else:
         if settings["include"]:
             raise ConfigError(f"distill.unlabeled.include applies to image folders; {source} is a {spec.kind}")
-        paths = _cached_frames(spec, settings, open_source)
+        paths = _cached_frames(spec, settings)
     if not paths:
         raise DataError(f"distill.unlabeled source {source} gave no frames (stride {settings['stride']}"
                         + (f", include {settings['include']}" if settings["include"] else "") + ")")
     return UnlabeledFrames(paths, source)
 
 
-def _cached_frames(spec, settings: dict, open_source) -> list[Path]:
+def _cached_frames(spec, settings: dict) -> list[Path]:
     """Decode a video or stream once at the configured sampling into PNGs; later runs reuse the folder."""
+    from edgeseg.runtime.video.sources import open_source
+
     if spec.is_live:
         if settings["max_frames"] is None:
             raise ConfigError(f"distill.unlabeled source {spec.uri} is live: set distill.unlabeled.max_frames")
@@ -160,30 +167,6 @@ def _cached_frames(spec, settings: dict, open_source) -> list[Path]:
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return [folder / name for name in names]
-
-
-class UnlabeledTorchDataset(Dataset):
-    """(image tensor, all-ignore label) samples: the training transform's crops, flips and jitter, no labels.
-
-    Augmentation draws from a generator seeded by (seed, epoch, index) as in the labeled dataset.
-    """
-
-    def __init__(self, frames: UnlabeledFrames, transform, seed: int) -> None:
-        self.frames, self.transform, self.seed = frames, transform, int(seed)
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch.fill_(int(epoch))
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.frames.read_image(index)
-        blank = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
-        rng = np.random.default_rng([self.seed, int(self._epoch), int(index)])
-        image, label = self.transform(image, blank, rng)
-        return torch.from_numpy(image), torch.from_numpy(label.astype(np.int64))
 
 
 def pseudo_labels(probabilities: torch.Tensor, threshold: float) -> torch.Tensor:
