@@ -50,6 +50,9 @@ from stats import minimum_detectable_effect, paired, pooled_std, runs_for_effect
 
 ALL_METHODS = ["plain", "kd", "cwd", "skd_pairwise", "dsd", "psd", "csd", "ka", "csc", "ace", "csc_ace"]
 UNLABELED_ARMS = ["kd_unlabeled"]  # camvid_cpu_r18_unlabeled: KD with unlabeled target frames in every batch
+# Arms that add one thing to another arm: their table also gives the paired gain over that arm (what the unlabeled
+# target frames add to distillation on the source alone).
+ADDS_TO = {"kd_unlabeled": "kd"}
 # The plain student given more iterations (configs' plain_long.yaml, warm-start protocol): the reference for the
 # gain at equal wall-clock. Trained with the same seeds; not a row of its own.
 EQUAL_TIME_ARM = "plain_long"
@@ -374,6 +377,11 @@ def summarize(args, runs: Path, timings: dict | None, teacher: dict, plain_confi
             row["gain_equal_time"] = (row["miou_mean"] - reference
                                       if reference is not None and row["miou_mean"] is not None else None)
             row["equal_time_extrapolated"] = extrapolated
+            base_arm = ADDS_TO.get(method)
+            if base_arm in by_seed:
+                over = paired(by_seed[method], by_seed[base_arm])
+                row["over"] = {"arm": base_arm, "n": over["n"], "gain": over["diff"], "ci95": over["ci"],
+                               "p_value": over["p_value"], "std": over["std"], "mde": over["mde"]}
         rows.append(row)
     if getattr(args, "pool_with", None):
         _pool_pairs(rows, by_seed, json.loads(Path(args.pool_with).read_text()), str(args.pool_with))

@@ -82,6 +82,18 @@ def to_markdown(summary: dict) -> str:
             lines.append(f"| {row['method']} | {row['paired_n']} | {_pct(row['gain_paired'], signed=True)} "
                          f"[{_pct(interval[0], signed=True)}, {_pct(interval[1], signed=True)}] | "
                          f"{row['p_value_paired']:.3f} | {_pct(row['paired_std'])} | {_pct(row['mde_paired'])} |")
+    over_rows = [row for row in summary["rows"] if row.get("over", {}).get("n", 0) >= 2]
+    if over_rows:
+        lines += ["", "What an arm adds to the arm it extends, paired by seed (same data order and augmentation on "
+                      "the labeled stream in both):", "",
+                  "| method | over | pairs | paired gain [95% CI] | p | std of differences | MDE |",
+                  "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
+        for row in over_rows:
+            over = row["over"]
+            interval = over["ci95"]
+            lines.append(f"| {row['method']} | {over['arm']} | {over['n']} | {_pct(over['gain'], signed=True)} "
+                         f"[{_pct(interval[0], signed=True)}, {_pct(interval[1], signed=True)}] | "
+                         f"{over['p_value']:.3f} | {_pct(over['std'])} | {_pct(over['mde'])} |")
     pooled_rows = [row for row in summary["rows"] if row.get("pooled", {}).get("n", 0) >= 2]
     if pooled_rows:
         first = pooled_rows[0]["pooled"]

@@ -102,6 +102,33 @@ def test_summary_reports_gain_interval_mde_and_equal_time(tmp_path, monkeypatch)
     assert pooled["ci95"][0] < pooled["gain"] < pooled["ci95"][1]
 
 
+def test_an_arm_that_extends_another_reports_its_paired_gain_over_it(tmp_path, monkeypatch):
+    distill = _load_distill()
+    runs = tmp_path / "runs"
+    scores = {"plain": [0.30, 0.32, 0.31], "kd": [0.31, 0.34, 0.32], "kd_unlabeled": [0.33, 0.37, 0.35]}
+    for method, values in scores.items():
+        for seed, value in enumerate(values):
+            _write_run(runs, method, seed, value)
+    monkeypatch.setattr(distill, "machine", lambda: "test machine")
+    monkeypatch.setattr(distill, "model_costs", lambda model, classes, size: {"params_m": 1.0, "gflops": 1.0,
+                                                                             "size": list(size)})
+    monkeypatch.setattr(distill, "base_miou", lambda protocol: 0.3)
+    from edgeseg.training.config import resolve_config
+
+    plain_config = resolve_config(distill.config_path("camvid_cpu_r18_unlabeled", "plain"))
+    args = argparse.Namespace(methods=list(scores), seeds=[0, 1, 2], protocol="camvid_cpu_r18_unlabeled",
+                              results=tmp_path / "distill", teacher="t.pt")
+    teacher = {"model": "bisenetv2", "kwargs": {}, "checkpoint": "t.pt", "miou": 0.5, "num_classes": 11}
+    summary = distill.summarize(args, runs, None, teacher, plain_config)
+    rows = {row["method"]: row for row in summary["rows"]}
+    over = rows["kd_unlabeled"]["over"]
+    assert over["arm"] == "kd" and over["n"] == 3
+    assert over["gain"] == pytest.approx((0.02 + 0.03 + 0.03) / 3)  # per seed: kd_unlabeled - kd
+    assert over["ci95"][0] < over["gain"] < over["ci95"][1]
+    assert "over" not in rows["kd"]  # kd extends nothing
+    assert "| kd_unlabeled | kd | 3 | +2.67 [" in distill.to_markdown(summary)
+
+
 def test_ledger_serves_finished_runs_to_a_machine_without_them_while_their_stamp_holds(tmp_path, monkeypatch):
     distill = _load_distill()
     base = {"miou": 0.4}
