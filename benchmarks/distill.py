@@ -56,8 +56,9 @@ ADDS_TO = {"kd_unlabeled": "kd"}
 # The plain student given more iterations (configs' plain_long.yaml, warm-start protocol): the reference for the
 # gain at equal wall-clock. Trained with the same seeds; not a row of its own.
 EQUAL_TIME_ARM = "plain_long"
-# Arms whose camvid_cpu_r18_warm config is unchanged since the first sweep (2026-12-01, base val 39.70): their pairs
-# from that sweep pool with later ones. CSC+ACE and ACE changed (ACE took the class weights) and do not pool.
+# Arms whose camvid_cpu_r18_warm config is unchanged since the first sweep (2026-12-01, base val 39.70, whose runs
+# are in its results JSON only): their pairs from it pool with later ones. CSC+ACE and ACE changed (ACE took the
+# class weights) and do not pool. Later bases' runs stay in the ledger, stamped, and pool by their stamp.
 POOLED_METHODS = {"dsd", "ka"}
 
 
@@ -86,8 +87,14 @@ def overrides(teacher: str, seed: int, method: str) -> list[str]:
 STAMPED_WHEN_SET = [("data", "train_include")]
 
 
+def _ledger_key(method: str, seed: int, base: float | None) -> str:
+    """``<method>_s<seed>``, plus ``@<base mIoU %>`` where the protocol has a warm-start base: the same run from
+    two bases (the base differs from one CPU to another) is two entries."""
+    return f"{method}_s{seed}" + ("" if base is None else f"@{100 * base:.2f}")
+
+
 class Ledger:
-    """The committed record of finished runs: ``{"<method>_s<seed>": entry}`` in one JSON file.
+    """The committed record of finished runs: ``{"<method>_s<seed>[@<base>]": entry}`` in one JSON file.
 
     An entry holds the run's final validation scores and a stamp (``config_sha``: the resolved config with the
     run's overrides; ``base_miou``: the warm-start base's final score, where the protocol has one). An entry is
@@ -99,7 +106,10 @@ class Ledger:
         self.path, self.protocol = path, protocol
 
     def _read(self) -> dict:
-        return json.loads(self.path.read_text()) if self.path.is_file() else {}
+        entries = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        # Keys written before the ledger held more than one base carry no base: add it from the entry's stamp.
+        return {(key if "@" in key or entry.get("base_miou") is None
+                 else f"{key}@{100 * entry['base_miou']:.2f}"): entry for key, entry in entries.items()}
 
     @contextlib.contextmanager
     def _locked(self):
@@ -121,27 +131,50 @@ class Ledger:
         return {"config_sha": digest, "base_miou": base_miou(self.protocol)}
 
     def lookup(self, method: str, seed: int, teacher: str) -> dict | None:
-        """The entry's final scores if its stamp matches the run as configured now, else None."""
-        entry = self._read().get(f"{method}_s{seed}")
-        if entry is None:
-            return None
-        stamp = self.stamp(method, seed, teacher)
-        base_known = stamp["base_miou"] is not None  # a fresh machine without the base trusts the stamped score
-        if entry["config_sha"] != stamp["config_sha"] or (base_known and entry["base_miou"] != stamp["base_miou"]):
+        """The entry's final scores if its stamp matches the run as configured now, else None.
+
+        A machine without the base (a fresh checkout writing tables) cannot tell which base is meant: it trusts an
+        entry only where the ledger holds one for that method and seed.
+        """
+        stamp, entries = self.stamp(method, seed, teacher), self._read()
+        if stamp["base_miou"] is None:
+            name = f"{method}_s{seed}"
+            found = [entry for key, entry in entries.items() if key.partition("@")[0] == name]
+            entry = found[0] if len(found) == 1 else None
+        else:
+            entry = entries.get(_ledger_key(method, seed, stamp["base_miou"]))
+            if entry is not None and entry["base_miou"] != stamp["base_miou"]:
+                entry = None
+        if entry is None or entry["config_sha"] != stamp["config_sha"]:
             return None
         return entry["final"]
+
+    def other_bases(self, method: str, teacher: str) -> dict[tuple[str, int], float]:
+        """``(base, seed) -> mIoU`` of the entries of ``method`` trained from other bases than this machine's, where
+        the config stamp matches the run as configured now (so the pairs they make are the same experiment)."""
+        current = base_miou(self.protocol)
+        found = {}
+        for key, entry in self._read().items():
+            name, _, base = key.partition("@")
+            arm, _, seed = name.rpartition("_s")
+            if arm != method or not base or current is None or entry["base_miou"] == current:
+                continue
+            if entry["config_sha"] == self.stamp(method, int(seed), teacher)["config_sha"]:
+                found[(base, int(seed))] = entry["final"]["miou"]
+        return found
 
     def record(self, method: str, seed: int, teacher: str, final: dict, source: str) -> None:
         from edgeseg.runtime.atomic_files import write_json_atomic
 
         entry = {**self.stamp(method, seed, teacher), "final": final, "source": source, "packages": _packages(),
                  "recorded": time.strftime("%Y-%m-%d")}
+        key = _ledger_key(method, seed, entry["base_miou"])
         with self._locked():
             entries = self._read()
-            if {k: v for k, v in entries.get(f"{method}_s{seed}", {}).items() if k != "recorded"} == \
+            if {k: v for k, v in entries.get(key, {}).items() if k != "recorded"} == \
                     {k: v for k, v in entry.items() if k != "recorded"}:
                 return
-            entries[f"{method}_s{seed}"] = entry
+            entries[key] = entry
             write_json_atomic(self.path, dict(sorted(entries.items())))
 
 
@@ -349,9 +382,10 @@ def summarize(args, runs: Path, timings: dict | None, teacher: dict, plain_confi
     per_seed = {method: list(values.values()) for method, values in by_seed.items()}
     plain = per_seed["plain"]
     spread = pooled_std([values for values in per_seed.values() if values])
-    longer = [f["miou"] for f in _final_scores(runs, EQUAL_TIME_ARM, args.seeds, ledger, args.teacher).values()]
+    longer = ([f["miou"] for f in _final_scores(runs, EQUAL_TIME_ARM, args.seeds, ledger, args.teacher).values()]
+              if config_exists(args.protocol, EQUAL_TIME_ARM) else [])
     factor = None
-    if longer and config_exists(args.protocol, EQUAL_TIME_ARM):
+    if longer:
         from edgeseg.training.config import resolve_config
 
         factor = (resolve_config(config_path(args.protocol, EQUAL_TIME_ARM))["train"]["iterations"]
@@ -383,8 +417,8 @@ def summarize(args, runs: Path, timings: dict | None, teacher: dict, plain_confi
                 row["over"] = {"arm": base_arm, "n": over["n"], "gain": over["diff"], "ci95": over["ci"],
                                "p_value": over["p_value"], "std": over["std"], "mde": over["mde"]}
         rows.append(row)
-    if getattr(args, "pool_with", None):
-        _pool_pairs(rows, by_seed, json.loads(Path(args.pool_with).read_text()), str(args.pool_with))
+    earlier = json.loads(Path(args.pool_with).read_text()) if getattr(args, "pool_with", None) else None
+    _pool_pairs(rows, by_seed, ledger, args.teacher, earlier, str(getattr(args, "pool_with", None)))
     classes = teacher["num_classes"]
     teacher = {**teacher, **model_costs({"name": teacher["model"], "kwargs": teacher["kwargs"]}, classes, size)}
     return {**provenance("benchmarks/distill.py"), "machine": machine(), "protocol": args.protocol,
@@ -399,25 +433,37 @@ def summarize(args, runs: Path, timings: dict | None, teacher: dict, plain_confi
             "memory_kind": next((t.get("peak_mem_kind") for t in (timings or {}).values()), None)}
 
 
-def _pool_pairs(rows: list[dict], by_seed: dict[str, dict[int, float]], earlier: dict, source: str) -> None:
-    """Add to each row the paired gain over this sweep's pairs and those of ``earlier`` (a results JSON of the same
-    protocol from another warm-start base): a pair is (base, seed), both arms from the same base and data order.
+def _pool_pairs(rows: list[dict], by_seed: dict[str, dict[int, float]], ledger: "Ledger", teacher: str,
+                earlier: dict | None, source: str) -> None:
+    """Add to each row the paired gain over the pairs of every warm-start base: this sweep's, the ledger's entries
+    from other bases (same config stamp), and ``earlier`` (a results JSON of a sweep whose runs left the ledger).
+    A pair is (base, seed): both arms from the same base and data order.
 
-    Only arms whose config did not change between the sweeps belong here (:data:`POOLED_METHODS`).
+    From ``earlier`` only the arms whose config did not change since (:data:`POOLED_METHODS`) pool.
     """
+    earlier = earlier or {}
     seeds = earlier.get("seeds_by_method", {})
     values = earlier.get("per_seed_miou", {})
     earlier_by_seed = {m: dict(zip(seeds.get(m, []), values.get(m, []))) for m in values}
+    plain_elsewhere = ledger.other_bases("plain", teacher)
     for row in rows:
         method = row["method"]
-        if method == "plain" or method not in POOLED_METHODS or method not in earlier_by_seed:
+        if method == "plain":
             continue
         pooled_method = {("now", k): v for k, v in by_seed[method].items()}
         pooled_plain = {("now", k): v for k, v in by_seed["plain"].items()}
-        pooled_method.update({("earlier", k): v for k, v in earlier_by_seed[method].items()})
-        pooled_plain.update({("earlier", k): v for k, v in earlier_by_seed.get("plain", {}).items()})
+        pooled_method.update(ledger.other_bases(method, teacher))
+        pooled_plain.update(plain_elsewhere)
+        if method in POOLED_METHODS and method in earlier_by_seed:
+            pooled_method.update({("earlier", k): v for k, v in earlier_by_seed[method].items()})
+            pooled_plain.update({("earlier", k): v for k, v in earlier_by_seed.get("plain", {}).items()})
         pairs = paired(pooled_method, pooled_plain)
-        row["pooled"] = {"with": source, "earlier_base_miou": earlier.get("base_miou"), "n": pairs["n"],
+        if pairs["n"] <= row.get("paired_n", 0):  # no pair from another base
+            continue
+        bases = sorted({base for base, _ in set(pooled_method) & set(pooled_plain)})
+        row["pooled"] = {"with": source if "earlier" in bases else None, "bases": len(bases),
+                         "earlier_base_miou": earlier.get("base_miou") if "earlier" in bases else None,
+                         "ledger_bases": [b for b in bases if b not in ("now", "earlier")], "n": pairs["n"],
                          "gain": pairs["diff"], "ci95": pairs["ci"], "p_value": pairs["p_value"],
                          "std": pairs["std"], "mde": pairs["mde"]}
 

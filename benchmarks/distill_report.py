@@ -96,16 +96,24 @@ def to_markdown(summary: dict) -> str:
                          f"{over['p_value']:.3f} | {_pct(over['std'])} | {_pct(over['mde'])} |")
     pooled_rows = [row for row in summary["rows"] if row.get("pooled", {}).get("n", 0) >= 2]
     if pooled_rows:
-        first = pooled_rows[0]["pooled"]
-        lines += ["", f"Paired by seed over two warm-start bases (this sweep and `{first['with']}`, base val mIoU "
-                      f"{_pct(first['earlier_base_miou'])}): each pair is one base and one seed, both arms from that "
-                      "base; only arms whose config is the same in both sweeps.", "",
-                  "| method | pairs | paired gain [95% CI] | p | std of differences | MDE |",
-                  "| --- | ---: | --- | ---: | ---: | ---: |"]
+        ledger_bases = sorted({b for row in pooled_rows for b in row["pooled"].get("ledger_bases", [])})
+        earlier = next((row["pooled"] for row in pooled_rows if row["pooled"].get("with")), None)
+        sources = ["this sweep's base"]
+        if ledger_bases:
+            sources.append("the ledger's runs from base" + ("s " if len(ledger_bases) > 1 else " ")
+                           + ", ".join(ledger_bases))
+        if earlier:
+            sources.append(f"`{earlier['with']}` (base {_pct(earlier['earlier_base_miou'])})")
+        lines += ["", f"Paired by seed over every warm-start base ({'; '.join(sources)}; base val mIoU in "
+                      "percent): each pair is one base and one seed, both arms from that base; only runs whose "
+                      "config is the same as now.", "",
+                  "| method | bases | pairs | paired gain [95% CI] | p | std of differences | MDE |",
+                  "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
         for row in pooled_rows:
             pooled = row["pooled"]
             interval = pooled["ci95"]
-            lines.append(f"| {row['method']} | {pooled['n']} | {_pct(pooled['gain'], signed=True)} "
+            lines.append(f"| {row['method']} | {pooled.get('bases', 2)} | {pooled['n']} | "
+                         f"{_pct(pooled['gain'], signed=True)} "
                          f"[{_pct(interval[0], signed=True)}, {_pct(interval[1], signed=True)}] | "
                          f"{pooled['p_value']:.3f} | {_pct(pooled['std'])} | {_pct(pooled['mde'])} |")
     spread = summary.get("pooled_std")

@@ -97,9 +97,22 @@ def test_summary_reports_gain_interval_mde_and_equal_time(tmp_path, monkeypatch)
     args.pool_with = earlier
     summary = distill.summarize(args, runs, timings, teacher, plain_config)
     pooled = next(r for r in summary["rows"] if r["method"] == "dsd")["pooled"]
-    assert "over two warm-start bases" in distill.to_markdown(summary)
+    assert "over every warm-start base" in distill.to_markdown(summary)
     assert pooled["n"] == 5 and pooled["gain"] == pytest.approx((3 * 0.05 + 2 * 0.01) / 5)
     assert pooled["ci95"][0] < pooled["gain"] < pooled["ci95"][1]
+
+    # Runs of a third base in the ledger (same configs, another base score) pool by their stamp: +2 pairs.
+    ledger = distill.Ledger(distill.ledger_path(args.results), "camvid_cpu_r18_warm")
+    monkeypatch.setattr(distill, "base_miou", lambda protocol: 0.38)
+    for seed in (0, 1):
+        ledger.record("plain", seed, "t.pt", {"miou": 0.35}, source="elsewhere")
+        ledger.record("dsd", seed, "t.pt", {"miou": 0.36}, source="elsewhere")
+    monkeypatch.setattr(distill, "base_miou", lambda protocol: 0.4)
+    summary = distill.summarize(args, runs, timings, teacher, plain_config)
+    pooled = next(r for r in summary["rows"] if r["method"] == "dsd")["pooled"]
+    assert pooled["n"] == 7 and pooled["bases"] == 3 and pooled["ledger_bases"] == ["38.00"]
+    assert pooled["gain"] == pytest.approx((3 * 0.05 + 2 * 0.01 + 2 * 0.01) / 7)
+    assert "the ledger's runs from base 38.00" in distill.to_markdown(summary)
 
 
 def test_an_arm_that_extends_another_reports_its_paired_gain_over_it(tmp_path, monkeypatch):
@@ -146,7 +159,28 @@ def test_ledger_serves_finished_runs_to_a_machine_without_them_while_their_stamp
     base["miou"] = None  # a machine without the base trusts the stamped score
     assert ledger.lookup("plain", 3, "t.pt") == final
     entries = json.loads((tmp_path / "distill_runs.json").read_text())
-    assert entries["plain_s3"]["source"] == "runs/x/plain_s3" and len(entries["plain_s3"]["config_sha"]) == 16
+    assert entries["plain_s3@40.00"]["source"] == "runs/x/plain_s3"
+    assert len(entries["plain_s3@40.00"]["config_sha"]) == 16
+
+    # The same run from a second base is a second entry; the first stays, and each base finds its own.
+    base["miou"] = 0.39
+    ledger.record("plain", 3, "t.pt", {"miou": 0.38}, source="runs/y/plain_s3")
+    assert ledger.lookup("plain", 3, "t.pt") == {"miou": 0.38}
+    base["miou"] = 0.4
+    assert ledger.lookup("plain", 3, "t.pt") == final
+    base["miou"] = None  # without the base, two entries are ambiguous: neither is trusted
+    assert ledger.lookup("plain", 3, "t.pt") is None
+
+
+def test_ledger_written_before_bases_were_keyed_still_serves_its_entries(tmp_path, monkeypatch):
+    distill = _load_distill()
+    monkeypatch.setattr(distill, "base_miou", lambda protocol: 0.3884)
+    ledger = distill.Ledger(tmp_path / "distill_runs.json", "camvid_cpu_r18_warm")
+    stamp = ledger.stamp("dsd", 1, "t.pt")
+    (tmp_path / "distill_runs.json").write_text(json.dumps({"dsd_s1": {**stamp, "final": {"miou": 0.41}}}))
+    assert ledger.lookup("dsd", 1, "t.pt") == {"miou": 0.41}
+    ledger.record("dsd", 2, "t.pt", {"miou": 0.42}, source="runs/dsd_s2")
+    assert sorted(json.loads((tmp_path / "distill_runs.json").read_text())) == ["dsd_s1@38.84", "dsd_s2@38.84"]
 
 
 def test_a_run_folder_outranks_the_ledger_and_a_changed_config_misses_it(tmp_path, monkeypatch):
