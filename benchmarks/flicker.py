@@ -6,12 +6,15 @@ Every model (checkpoint or export, through the runtime's Segmenter) segments eve
 labels. Flicker is the share of pixels whose class changes between consecutive frames (the runtime's FlickerMeter,
 the figure ``edgeseg video`` reports); agreement is the share of pixels holding the reference model's class. A
 steadier student is not a better one by itself: a model that calls everything Road never flickers, so read flicker
-beside agreement. -> ``benchmarks/results/flicker.{md,json}``
+beside agreement. Models named ``<arm>_s<seed>`` (one sweep's runs) also get each arm's paired difference from
+``plain`` by seed, with its 95% interval: the sweep's students checked on footage none of them was tuned on.
+-> ``benchmarks/results/flicker.{md,json}``
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from edgeseg.runtime.video.stats import FlickerMeter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import header_lines, provenance  # noqa: E402
+from stats import paired  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -60,6 +64,35 @@ def stability(maps: list[np.ndarray], names: list[str], reference: list[np.ndarr
     return row
 
 
+def paired_by_seed(rows: list[dict], reference: str = "plain") -> list[dict]:
+    """Per arm, agreement and flicker minus the ``reference`` arm's, paired by seed (``<arm>_s<seed>`` names)."""
+    by_arm: dict[str, dict[int, dict]] = {}
+    for row in rows:
+        match = re.fullmatch(r"(.+)_s(\d+)", row["model"])
+        if match:
+            by_arm.setdefault(match[1], {})[int(match[2])] = row
+    if reference not in by_arm:
+        return []
+    pairs = []
+    for arm, seeds in by_arm.items():
+        if arm == reference:
+            continue
+        entry = {"arm": arm, "versus": reference}
+        for figure in ("agreement", "overall"):
+            values = {seed: row[figure] for seed, row in seeds.items() if figure in row}
+            base = {seed: row[figure] for seed, row in by_arm[reference].items() if figure in row}
+            entry[figure] = paired(values, base)
+        pairs.append(entry)
+    return pairs
+
+
+def _interval(result: dict) -> str:
+    if result["diff"] is None:
+        return "n/a"
+    text = f"{100 * result['diff']:+.2f}"
+    return text + (f" [{100 * result['ci'][0]:+.2f}, {100 * result['ci'][1]:+.2f}]" if result["ci"] else "")
+
+
 def write_report(record: dict, out: Path) -> None:
     names = record["classes"]
     lines = ["# Flicker on real footage", "", *header_lines(record), "",
@@ -76,6 +109,13 @@ def write_report(record: dict, out: Path) -> None:
                                for n in names)
         lines.append(f"| {row['model']} | {100 * row['overall']:.2f} | {agreement} | {per_class} |")
     lines += ["", "Per class: the share of the pixels of that class in one frame that hold another class in the next."]
+    if record.get("paired"):
+        lines += ["", "Each arm against `plain`, paired by seed (percentage points, mean difference [95% t "
+                      "interval]; an interval containing 0 is no evidence either way):", "",
+                  "| arm | pairs | agreement difference | flicker difference |", "|---|---:|---|---|"]
+        for entry in record["paired"]:
+            lines.append(f"| {entry['arm']} | {entry['agreement']['n']} | {_interval(entry['agreement'])} | "
+                         f"{_interval(entry['overall'])} |")
     write_text_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")
     write_json_atomic(out.with_suffix(".json"), record)
 
@@ -102,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
             for name, (maps, names) in outputs.items()]
     record = {**provenance("benchmarks/flicker.py", argv), "video": video, "frames": len(frames),
               "network_size": list(args.size) if args.size else "each model's own",
-              "reference": args.reference, "classes": next(iter(outputs.values()))[1], "rows": rows}
+              "reference": args.reference, "classes": next(iter(outputs.values()))[1], "rows": rows,
+              "paired": paired_by_seed(rows)}
     write_report(record, args.out)
     print(Path(args.out).with_suffix(".md").read_text())
 

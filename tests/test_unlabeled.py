@@ -231,3 +231,20 @@ def test_flicker_benchmark_reports_flicker_and_agreement(teachers, tmp_path):
     assert "agreement" not in rows["a"] and 0.0 <= rows["b"]["agreement"] <= 1.0
     assert 0.0 <= rows["b"]["overall"] <= 1.0
     assert "| b |" in out.with_suffix(".md").read_text()
+
+
+def test_flicker_benchmark_pairs_a_sweeps_arms_by_seed():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import flicker
+
+    rows = [{"model": "plain_s0", "agreement": 0.60, "overall": 0.030},
+            {"model": "plain_s1", "agreement": 0.62, "overall": 0.028},
+            {"model": "plain_s2", "agreement": 0.61, "overall": 0.029},
+            {"model": "dsd_s0", "agreement": 0.63, "overall": 0.027},
+            {"model": "dsd_s1", "agreement": 0.66, "overall": 0.026},
+            {"model": "teacher", "overall": 0.02}]  # not a sweep run: left out of the pairs
+    (entry,) = flicker.paired_by_seed(rows)
+    assert entry["arm"] == "dsd" and entry["agreement"]["n"] == 2  # seed 2 has no dsd run
+    assert entry["agreement"]["diff"] == pytest.approx(0.035)
+    assert entry["overall"]["diff"] == pytest.approx(-0.0025)
+    assert flicker.paired_by_seed(rows[3:]) == []  # no plain arm: nothing to pair with
