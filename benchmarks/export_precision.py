@@ -2,12 +2,14 @@
 
 Two jobs, each writing a Markdown table with its command and machine next to a JSON file of the same numbers:
 
-``python benchmarks/export_precision.py CKPT [CKPT ...]``
+``python benchmarks/export_precision.py CKPT [CKPT ...] [--max-drop 0.5]``
     Exports every checkpoint to FP32, FP16 and INT8 ONNX (INT8 calibrated on the train split of ``--data``),
     evaluates the mIoU of each through ONNX Runtime on the val split (the runtime's own evaluator, so the numbers
     are what ``edgeseg eval`` reports), measures the FP16 argmax agreement with FP32 on the same images, and times
-    the three graphs on the CPU in one process with identical session options, interleaving the calls so that
-    load from other processes hits all three alike. -> ``benchmarks/results/export_precision.{md,json}``
+    the graphs on the CPU in one process with identical session options, interleaving the calls so that
+    load from other processes hits all alike. With ``--max-drop``, each INT8 scheme is also exported within that
+    budget (``edgeseg export --max-drop``), the search run on every other val image; its mIoU is then reported on
+    the whole val split and on the val images the search never saw. -> ``benchmarks/results/export_precision.{md,json}``
 
 ``python benchmarks/export_precision.py --all-students [--checkpoint-dir DIR]``
     For every student in the zoo (a trained ``DIR/<name>.pt`` when present, else random weights made decisive with
@@ -31,10 +33,12 @@ import torch
 
 from edgeseg.export.api import ExportOptions, export_checkpoint
 from edgeseg.export.check import DEFAULT_MIN_AGREEMENT, randomize_for_parity
+from edgeseg.export.int8_budget import Int8BudgetError
 from edgeseg.export.precision import load_calibration_images
 from edgeseg.runtime.bench import latency_summary
 from edgeseg.runtime.datasets import open_dataset
 from edgeseg.runtime.evaluate import evaluate
+from edgeseg.runtime.metrics import ConfusionMatrix
 from edgeseg.runtime.atomic_files import write_json_atomic, write_text_atomic
 from edgeseg.runtime.segmenter import Segmenter
 from edgeseg.runtime.sizes import parse_size
@@ -82,6 +86,22 @@ def interleaved_latency(segmenters: dict[str, Segmenter], size: tuple[int, int],
     return {name: latency_summary(values) for name, values in samples.items()}
 
 
+def miou_on(segmenter: Segmenter, dataset, indices: list[int]) -> float:
+    """mIoU of ``segmenter`` over the images ``indices`` of ``dataset``."""
+    matrix = ConfusionMatrix(dataset.classes.num_classes, ignore_index=dataset.classes.ignore_index)
+    for index in indices:
+        image, label = dataset[index]
+        matrix.update(label, segmenter.segment(image))
+    return matrix.miou()
+
+
+def budget_variants(args) -> dict[str, tuple[str, str]]:
+    """``int8<=B`` (TensorRT Q/DQ) and ``int8-cpu<=B`` labels of the budget exports, when ``--max-drop`` is given."""
+    if args.max_drop is None:
+        return {}
+    return {f"{label}<={args.max_drop:g}": VARIANTS[label] for label in ("int8", "int8-cpu")}
+
+
 def precision_study(args) -> None:
     machine = describe_machine()
     rows = []
@@ -97,29 +117,49 @@ def precision_study(args) -> None:
         name = card["model"]["name"]
         segmenters, row = {}, {"checkpoint": str(checkpoint), "model": name, "size": list(size),
                                 "trained_metrics": card.get("metrics", {}), "precisions": {}}
-        for precision, (graph_precision, scheme) in VARIANTS.items():
-            path = workdir / f"{name}_{size[0]}x{size[1]}_{precision}.onnx"
+        budgets = budget_variants(args)
+        for precision, (graph_precision, scheme) in {**VARIANTS, **budgets}.items():
+            path = workdir / f"{name}_{size[0]}x{size[1]}_{precision.replace('<=', '_budget')}.onnx"
             started = time.perf_counter()
             int8 = {"calib": args.data, "calib_images": args.calib_images, "calib_method": args.calib_method,
                     "int8_scheme": scheme}
-            export_checkpoint(checkpoint, "onnx", ExportOptions(size=size, precision=graph_precision,
-                                                                **(int8 if graph_precision == "int8" else {})),
-                              out=path, log=quiet)
+            if precision in budgets:
+                int8.update(max_drop=args.max_drop, check_data=args.data, check_images=(len(val) + 1) // 2)
+            try:
+                export_checkpoint(checkpoint, "onnx", ExportOptions(size=size, precision=graph_precision,
+                                                                    **(int8 if graph_precision == "int8" else {})),
+                                  out=path, log=quiet)
+            except Int8BudgetError as err:  # a budget INT8 cannot meet is a result, not a crash
+                row["precisions"][precision] = {"error": str(err)}
+                print(f"{name} {precision}: {err}", flush=True)
+                continue
             export_s = time.perf_counter() - started
             segmenters[precision] = Segmenter.load(path, device="cpu")
             scores = evaluate(segmenters[precision], val, limit=limit, progress=False)
             row["precisions"][precision] = {"miou": scores["miou"], "pixel_acc": scores["pixel_acc"],
                                             "export_seconds": export_s, "file_mb": path.stat().st_size / 1e6,
                                             "eval_images": scores["images"]}
+            if precision in budgets:
+                outcome = segmenters[precision].meta.extra["int8_budget"]
+                searched = set(outcome["check_images"])
+                unseen = [i for i in range(len(val)) if val.paths(i)[0].name not in searched]
+                row["precisions"][precision].update(
+                    kept_layers=outcome["kept_layers"], layers=outcome["layers"],
+                    search_images=len(searched), unseen_images=len(unseen),
+                    unseen_miou=miou_on(segmenters[precision], val, unseen),
+                    unseen_fp32_miou=miou_on(segmenters["fp32"], val, unseen))
             print(f"{name} {precision}: mIoU {100 * scores['miou']:.2f} on {scores['images']} images", flush=True)
         reference = np.concatenate([class_ids(segmenters["fp32"], [image]) for image in agreement_images])
-        for precision in [v for v in VARIANTS if v != "fp32"]:
+        for precision in [v for v in segmenters if v != "fp32"]:
             ids = np.concatenate([class_ids(segmenters[precision], [image]) for image in agreement_images])
             row["precisions"][precision]["agreement_vs_fp32"] = float((ids == reference).mean())
         latency = interleaved_latency(segmenters, size, args.warmup, args.iters)
-        for precision in VARIANTS:
+        for precision in segmenters:
             row["precisions"][precision]["latency_ms"] = latency[precision]
         row["int8_fp32_latency_ratio"] = latency["int8"]["p50"] / latency["fp32"]["p50"]
+        for precision in budgets:
+            if precision in latency:
+                row["precisions"][precision]["latency_ratio"] = latency[precision]["p50"] / latency["fp32"]["p50"]
         row["int8_cpu_fp32_latency_ratio"] = latency["int8-cpu"]["p50"] / latency["fp32"]["p50"]
         row["fp16_fp32_latency_ratio"] = latency["fp16"]["p50"] / latency["fp32"]["p50"]
         rows.append(row)
@@ -127,7 +167,8 @@ def precision_study(args) -> None:
             seg.close()
 
     result = {"machine": machine, "data": args.data, "eval_images": limit, "calib_images": len(calib_images),
-              "calib_method": args.calib_method, "latency_iters": args.iters, "rows": rows}
+              "calib_method": args.calib_method, "latency_iters": args.iters, "max_drop": args.max_drop,
+              "rows": rows}
     write_json_atomic(RESULTS / f"{args.name}.json", result)
     lines = header("Export precision: FP32 vs FP16 vs INT8 through ONNX Runtime (CPU)",
                    f"mIoU on the first {limit} images of {args.data} val through `Segmenter` + the runtime "
@@ -143,14 +184,36 @@ def precision_study(args) -> None:
               "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         base = row["precisions"]["fp32"]
-        for precision in VARIANTS:
-            entry = row["precisions"][precision]
+        for precision, entry in row["precisions"].items():
+            if "error" in entry:
+                lines.append(f"| {row['model']} | {row['size'][0]}x{row['size'][1]} | {precision} | budget not met "
+                             "| | | | | |")
+                continue
             agreement = entry.get("agreement_vs_fp32")
             lines.append(
                 f"| {row['model']} | {row['size'][0]}x{row['size'][1]} | {precision} | {100 * entry['miou']:.2f} | "
                 f"{100 * (base['miou'] - entry['miou']):+.2f} | "
                 f"{'' if agreement is None else f'{100 * agreement:.2f}%'} | {entry['latency_ms']['p50']:.1f} | "
                 f"{entry['latency_ms']['p50'] / base['latency_ms']['p50']:.2f}x | {entry['file_mb']:.1f} |")
+    budget_rows = [(row, precision, entry) for row in rows for precision, entry in row["precisions"].items()
+                   if "<=" in precision]
+    if budget_rows:
+        lines += ["", f"INT8 within a {args.max_drop:g}-point budget (`--max-drop {args.max_drop:g}`): the search "
+                      "(which layers stay in float) ran on every other val image; `unseen` = the other val images, "
+                      "which neither the search nor the calibration saw.", "",
+                  "| model | graph | layers kept in float | drop on val | drop on unseen | unseen images | "
+                  "p50 vs FP32 |", "|---|---|---|---:|---:|---:|---:|"]
+        for row, precision, entry in budget_rows:
+            if "error" in entry:
+                lines.append(f"| {row['model']} | {precision} | {entry['error']} | | | | |")
+                continue
+            base = row["precisions"]["fp32"]
+            kept = ", ".join(entry["kept_layers"]) or "none"
+            lines.append(f"| {row['model']} | {precision} | {len(entry['kept_layers'])} of {entry['layers']}: "
+                         f"{kept} | {100 * (base['miou'] - entry['miou']):+.2f} | "
+                         f"{100 * (entry['unseen_fp32_miou'] - entry['unseen_miou']):+.2f} | "
+                         f"{entry['unseen_images']} | "
+                         f"{entry['latency_ms']['p50'] / base['latency_ms']['p50']:.2f}x |")
     lines += ["", "Checkpoints: " + ", ".join(f"`{row['checkpoint']}`" for row in rows)]
     if any(not row["trained_metrics"] for row in rows):
         lines += ["", "A checkpoint without training metrics is probably untrained: its mIoU is near chance and "
@@ -237,6 +300,8 @@ def main() -> None:
     parser.add_argument("--calib-images", type=int, default=64, help="INT8 calibration images (train split)")
     parser.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"))
     parser.add_argument("--check-images", type=int, default=8, help="val images per parity check")
+    parser.add_argument("--max-drop", type=float, default=None, metavar="POINTS",
+                        help="also export each INT8 scheme within this mIoU budget (e.g. 0.5)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--work-dir", default=None, help="where exported files go (default: a temp folder)")
