@@ -20,6 +20,12 @@ def _pct(value, signed=False) -> str:
     return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
 
 
+def _paired_cells(gain, interval, p_value, std, mde) -> str:
+    """The cells every paired table ends with: gain [95% CI] | p | std of differences | MDE."""
+    return (f"{_pct(gain, signed=True)} [{_pct(interval[0], signed=True)}, {_pct(interval[1], signed=True)}] | "
+            f"{p_value:.3f} | {_pct(std)} | {_pct(mde)} |")
+
+
 def _model_name(name: str, kwargs: dict | None) -> str:
     return f"{name} {kwargs}" if kwargs else name
 
@@ -78,10 +84,9 @@ def to_markdown(summary: dict) -> str:
                   "| method | pairs | paired gain [95% CI] | p | std of differences | MDE |",
                   "| --- | ---: | --- | ---: | ---: | ---: |"]
         for row in paired_rows:
-            interval = row["gain_paired_ci95"]
-            lines.append(f"| {row['method']} | {row['paired_n']} | {_pct(row['gain_paired'], signed=True)} "
-                         f"[{_pct(interval[0], signed=True)}, {_pct(interval[1], signed=True)}] | "
-                         f"{row['p_value_paired']:.3f} | {_pct(row['paired_std'])} | {_pct(row['mde_paired'])} |")
+            lines.append(f"| {row['method']} | {row['paired_n']} | "
+                         + _paired_cells(row["gain_paired"], row["gain_paired_ci95"], row["p_value_paired"],
+                                         row["paired_std"], row["mde_paired"]))
     over_rows = [row for row in summary["rows"] if row.get("over", {}).get("n", 0) >= 2]
     if over_rows:
         lines += ["", "What an arm adds to the arm it extends, paired by seed (same data order and augmentation on "
@@ -90,10 +95,8 @@ def to_markdown(summary: dict) -> str:
                   "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
         for row in over_rows:
             over = row["over"]
-            interval = over["ci95"]
-            lines.append(f"| {row['method']} | {over['arm']} | {over['n']} | {_pct(over['gain'], signed=True)} "
-                         f"[{_pct(interval[0], signed=True)}, {_pct(interval[1], signed=True)}] | "
-                         f"{over['p_value']:.3f} | {_pct(over['std'])} | {_pct(over['mde'])} |")
+            lines.append(f"| {row['method']} | {over['arm']} | {over['n']} | "
+                         + _paired_cells(over["gain"], over["ci95"], over["p_value"], over["std"], over["mde"]))
     pooled_rows = [row for row in summary["rows"] if row.get("pooled", {}).get("n", 0) >= 2]
     if pooled_rows:
         ledger_bases = sorted({b for row in pooled_rows for b in row["pooled"].get("ledger_bases", [])})
@@ -111,11 +114,9 @@ def to_markdown(summary: dict) -> str:
                   "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
         for row in pooled_rows:
             pooled = row["pooled"]
-            interval = pooled["ci95"]
             lines.append(f"| {row['method']} | {pooled.get('bases', 2)} | {pooled['n']} | "
-                         f"{_pct(pooled['gain'], signed=True)} "
-                         f"[{_pct(interval[0], signed=True)}, {_pct(interval[1], signed=True)}] | "
-                         f"{pooled['p_value']:.3f} | {_pct(pooled['std'])} | {_pct(pooled['mde'])} |")
+                         + _paired_cells(pooled["gain"], pooled["ci95"], pooled["p_value"], pooled["std"],
+                                         pooled["mde"]))
     spread = summary.get("pooled_std")
     if spread is not None:
         lines += ["", f"Pooled seed-to-seed std: {_pct(spread)} mIoU; runs per arm for an MDE of 1.0 mIoU at that "
