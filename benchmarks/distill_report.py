@@ -11,7 +11,8 @@ from provenance import header_lines  # noqa: E402
 
 PAPER_METHODS = {"dsd": "DSD (Feng et al., TIP 2021)", "psd": "DSD's PSD alone", "csd": "DSD's CSD alone",
                  "ka": "Knowledge Adaptation (He et al., CVPR 2019)", "csc": "CSC alone (Park & Heo)",
-                 "ace": "ACE alone (Park & Heo)", "csc_ace": "CSC + ACE (Park & Heo, Sensors 2020)"}
+                 "ace": "ACE alone (Park & Heo)", "csc_ace": "CSC + ACE (Park & Heo, Sensors 2020)",
+                 "kd_unlabeled": "KD + unlabeled target frames (after Kothandaraman et al. 2020)"}
 
 
 def _pct(value, signed=False) -> str:
