@@ -185,9 +185,11 @@ def test_an_ensemble_averages_the_teachers_probabilities(teachers, tmp_path):
             teacher(images)
             handle.remove()
             taps.append(torch.softmax(holder["logits"], 1))
-    assert len(distiller.teachers) == 2 and not torch.allclose(outputs[0], outputs[1])
-    assert torch.allclose(probabilities, (outputs[0] + outputs[1]) / 2, atol=1e-6)
-    assert torch.allclose(torch.softmax(ensemble_tap, 1), (taps[0] + taps[1]) / 2, atol=1e-6)
+    # The teachers differ by ~3e-3 somewhere, so one teacher alone misses the mean by ~1e-3; convolution kernels
+    # differ between the training-time and these forwards by up to ~1e-5 on some CPUs (AVX-512 oneDNN paths).
+    assert len(distiller.teachers) == 2 and (outputs[0] - outputs[1]).abs().max() > 1e-3
+    assert torch.allclose(probabilities, (outputs[0] + outputs[1]) / 2, atol=1e-4)
+    assert torch.allclose(torch.softmax(ensemble_tap, 1), (taps[0] + taps[1]) / 2, atol=1e-4)
     trainer.model(images)
     distiller.teach(images)
     total, _ = distiller.losses(torch.zeros(2, 64, 96, dtype=torch.long))
