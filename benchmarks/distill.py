@@ -87,10 +87,14 @@ def overrides(teacher: str, seed: int, method: str) -> list[str]:
 STAMPED_WHEN_SET = [("data", "train_include")]
 
 
+def _with_base(name: str, base: float | None) -> str:
+    """``name`` plus ``@<base mIoU %>`` where the protocol has a warm-start base: the same run from two bases (the
+    base differs from one CPU to another) is two entries."""
+    return name if base is None else f"{name}@{100 * base:.2f}"
+
+
 def _ledger_key(method: str, seed: int, base: float | None) -> str:
-    """``<method>_s<seed>``, plus ``@<base mIoU %>`` where the protocol has a warm-start base: the same run from
-    two bases (the base differs from one CPU to another) is two entries."""
-    return f"{method}_s{seed}" + ("" if base is None else f"@{100 * base:.2f}")
+    return _with_base(f"{method}_s{seed}", base)
 
 
 class Ledger:
@@ -108,8 +112,8 @@ class Ledger:
     def _read(self) -> dict:
         entries = json.loads(self.path.read_text()) if self.path.is_file() else {}
         # Keys written before the ledger held more than one base carry no base: add it from the entry's stamp.
-        return {(key if "@" in key or entry.get("base_miou") is None
-                 else f"{key}@{100 * entry['base_miou']:.2f}"): entry for key, entry in entries.items()}
+        return {(key if "@" in key else _with_base(key, entry.get("base_miou"))): entry
+                for key, entry in entries.items()}
 
     @contextlib.contextmanager
     def _locked(self):

@@ -21,6 +21,15 @@ def _pct(value, signed=False) -> str:
     return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
 
 
+def _paired_header(intro: str, *leading: tuple[str, str]) -> list[str]:
+    """The intro and header of a paired table: method, the ``leading`` (name, alignment) columns, then the
+    columns :func:`_paired_cells` fills."""
+    columns = [("method", "---"), *leading, ("paired gain [95% CI]", "---"), ("p", "---:"),
+               ("std of differences", "---:"), ("MDE", "---:")]
+    return ["", intro, "", "| " + " | ".join(name for name, _ in columns) + " |",
+            "| " + " | ".join(align for _, align in columns) + " |"]
+
+
 def _paired_cells(gain, interval, p_value, std, mde) -> str:
     """The cells every paired table ends with: gain [95% CI] | p | std of differences | MDE."""
     return (f"{_pct(gain, signed=True)} [{_pct(interval[0], signed=True)}, {_pct(interval[1], signed=True)}] | "
@@ -79,21 +88,18 @@ def to_markdown(summary: dict) -> str:
                      f"{p_value} | {mde} | {equal} | {ratio} | {memory} |")
     paired_rows = [row for row in summary["rows"] if row.get("paired_n", 0) >= 2]
     if paired_rows:
-        lines += ["", "Paired by seed (a seed fixes the data order and augmentation in every arm, so what the seed "
-                      "does to both cancels in the difference): mean of the per-seed differences with its t "
-                      "interval; MDE from the spread of the differences.", "",
-                  "| method | pairs | paired gain [95% CI] | p | std of differences | MDE |",
-                  "| --- | ---: | --- | ---: | ---: | ---: |"]
+        lines += _paired_header("Paired by seed (a seed fixes the data order and augmentation in every arm, so "
+                                "what the seed does to both cancels in the difference): mean of the per-seed "
+                                "differences with its t interval; MDE from the spread of the differences.",
+                                ("pairs", "---:"))
         for row in paired_rows:
             lines.append(f"| {row['method']} | {row['paired_n']} | "
                          + _paired_cells(row["gain_paired"], row["gain_paired_ci95"], row["p_value_paired"],
                                          row["paired_std"], row["mde_paired"]))
     over_rows = [row for row in summary["rows"] if row.get("over", {}).get("n", 0) >= 2]
     if over_rows:
-        lines += ["", "What an arm adds to the arm it extends, paired by seed (same data order and augmentation on "
-                      "the labeled stream in both):", "",
-                  "| method | over | pairs | paired gain [95% CI] | p | std of differences | MDE |",
-                  "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
+        lines += _paired_header("What an arm adds to the arm it extends, paired by seed (same data order and "
+                                "augmentation on the labeled stream in both):", ("over", "---"), ("pairs", "---:"))
         for row in over_rows:
             over = row["over"]
             lines.append(f"| {row['method']} | {over['arm']} | {over['n']} | "
@@ -108,11 +114,9 @@ def to_markdown(summary: dict) -> str:
                            + ", ".join(ledger_bases))
         if earlier:
             sources.append(f"`{earlier['with']}` (base {_pct(earlier['earlier_base_miou'])})")
-        lines += ["", f"Paired by seed over every warm-start base ({'; '.join(sources)}; base val mIoU in "
-                      "percent): each pair is one base and one seed, both arms from that base; only runs whose "
-                      "config is the same as now.", "",
-                  "| method | bases | pairs | paired gain [95% CI] | p | std of differences | MDE |",
-                  "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+        lines += _paired_header(f"Paired by seed over every warm-start base ({'; '.join(sources)}; base val mIoU "
+                                "in percent): each pair is one base and one seed, both arms from that base; only "
+                                "runs whose config is the same as now.", ("bases", "---:"), ("pairs", "---:"))
         for row in pooled_rows:
             pooled = row["pooled"]
             lines.append(f"| {row['method']} | {pooled.get('bases', 2)} | {pooled['n']} | "
