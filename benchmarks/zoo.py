@@ -46,6 +46,7 @@ from edgeseg.runtime.segmenter import Segmenter
 from edgeseg.runtime.sysinfo import describe_machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from roofline import bandwidth_limit, gemm_limit, place  # noqa: E402
 from zoo_report import DEVICE_LABELS, DEVICES, PRECISIONS, describe_row, size_text, write_reports  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,13 +200,15 @@ class ZooRun:
         return self._calibration
 
     def costs(self, checkpoint: ZooCheckpoint, size: tuple[int, int]) -> dict:
-        """Parameters and GFLOPs of the PyTorch network at ``size`` (GFLOPs = 2 x multiply-adds / 1e9)."""
+        """Parameters, GFLOPs (2 x multiply-adds / 1e9) and minimum FP32 traffic (MB) of the PyTorch network at
+        ``size``."""
         key = (checkpoint.label, size)
         if key not in self._costs:
-            from edgeseg.training.models import count_flops, count_params
+            from edgeseg.training.models import count_flops, count_params, count_traffic
 
             model = checkpoint.model()
-            self._costs[key] = {"params": count_params(model), "gflops": count_flops(model, size)}
+            self._costs[key] = {"params": count_params(model), "gflops": count_flops(model, size),
+                                "traffic_mb": count_traffic(model, size)}
         return self._costs[key]
 
     def export(self, checkpoint: ZooCheckpoint, size: tuple[int, int], precision: str) -> Path:
@@ -273,16 +276,22 @@ class ZooRun:
             scores = evaluate(segmenter, self.val, limit=self.settings.eval_limit, progress=False)
             evaluated = time.perf_counter()
             load_before = os.getloadavg()[0]
+            # the CPU's limits beside each CPU row, under the same load, so that a cached row keeps its own
+            limits = ({"peak_gflops": gemm_limit(1024, self.settings.threads, 10),
+                       "bandwidth_gbs": bandwidth_limit(256, self.settings.threads, 5)} if device == "cpu" else None)
             timing = benchmark(segmenter, batch=self.settings.batch, warmup=self.settings.warmup,
                                iters=self.settings.iters, camera_size=tuple(self.settings.camera_size),
                                progress=False)
             load_after = os.getloadavg()[0]
+        cost = self.costs(checkpoint, size)
+        roofline = limits and {**limits, **place(cost["gflops"], cost["traffic_mb"],
+                                                 timing["latency_ms"]["p50"] / 1e3, **limits)}
         return {
             "status": "ok", "onnx": str(onnx_path), "onnx_mb": onnx_path.stat().st_size / 1e6,
             "providers": timing["providers"], "miou": scores["miou"], "pixel_acc": scores["pixel_acc"],
             "per_class_iou": scores["per_class_iou"], "eval_images": scores["images"],
             "latency_ms": timing["latency_ms"], "fps": timing["fps"], "e2e_latency_ms": timing["e2e_latency_ms"],
-            "e2e_fps": timing["e2e_fps"], "load_average": [load_before, load_after],
+            "e2e_fps": timing["e2e_fps"], "load_average": [load_before, load_after], "roofline": roofline,
             "seconds": {"export": exported - started, "eval": evaluated - exported,
                         "bench": time.perf_counter() - evaluated},
         }

@@ -71,7 +71,8 @@ def _number(value: float | None, fmt: str) -> str:
 
 
 SIZE_TABLE_HEADER = ("| model | params (M) | GFLOPs | precision | backend | mIoU % | p50 ms | p99 ms | FPS | e2e FPS | "
-                     "Pareto | note |\n|---|---:|---:|---|---|---:|---:|---:|---:|---:|---|---|")
+                     "% of CPU peak | bound (% of it) | Pareto | note |\n"
+                     "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---|---|---|")
 TRAINING_TABLE_HEADER = ("| model | checkpoint | config | iterations | trained at | dataset | val mIoU % at training | "
                          "distillation |\n|---|---|---|---:|---|---|---:|---|")
 
@@ -93,7 +94,20 @@ def describe_settings(settings: dict) -> str:
         "thread(s); p50 is the model-only median latency, FPS = 1000 / mean model-only latency, e2e FPS adds "
         f"resizing a {size_text(settings['camera_size'])} frame, preparation and the class map at frame size. "
         "Pareto: on the mIoU/FPS front of its size and backend. Parameters and GFLOPs (2 x multiply-adds) are those "
-        "of the PyTorch network at the table's size.")
+        "of the PyTorch network at the table's size. Roofline (CPU rows): GFLOPs per p50 call as a share of the "
+        "dense FP32 peak (an ONNX Runtime 1024^3 MatMul on the same threads, measured just before the row), and "
+        "the limit that binds the model: memory when its intensity (GFLOPs over the minimum FP32 traffic of its "
+        "convolutions, weights included) times the measured stream bandwidth is below the peak, with the share of "
+        "that bound reached.")
+
+
+def roofline_cells(roofline: dict | None) -> str:
+    """The two roofline cells of a CPU row: share of the measured FP32 peak, and the binding limit with the share
+    of it reached; n/a for GPU rows and rows measured before the column existed."""
+    if not roofline:
+        return "n/a | n/a"
+    return (f"{100 * roofline['share_of_peak']:.0f}% | {roofline['bound']} "
+            f"({100 * roofline['share_of_bound']:.0f}%)")
 
 
 def size_table(rows: list[dict]) -> list[str]:
@@ -107,11 +121,12 @@ def size_table(rows: list[dict]) -> list[str]:
         if row["status"] == "ok":
             latency = row["latency_ms"]
             lines.append(f"{start} {100 * row['miou']:.1f} | {latency['p50']:.2f} | {latency['p99']:.2f} | "
-                         f"{row['fps']:.1f} | {row['e2e_fps']:.1f} | {'yes' if row.get('pareto') else ''} | |")
+                         f"{row['fps']:.1f} | {row['e2e_fps']:.1f} | {roofline_cells(row.get('roofline'))} | "
+                         f"{'yes' if row.get('pareto') else ''} | |")
             continue
         if row["reason"] not in notes:
             notes.append(row["reason"])
-        lines.append(f"{start} | | | | | | {row['status']} ({notes.index(row['reason']) + 1}) |")
+        lines.append(f"{start} | | | | | | | | {row['status']} ({notes.index(row['reason']) + 1}) |")
     if notes:
         lines.append("")
     lines += [f"- ({number}) {reason[0].upper()}{reason[1:].rstrip('.')}."

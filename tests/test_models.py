@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeseg.training.models import (Tap, count_flops, count_params, create_model, list_models, load_backbone_weights,
-                                     model_info, register_model, taps_of)
+from edgeseg.training.models import (Tap, count_flops, count_params, count_traffic, create_model, list_models,
+                                     load_backbone_weights, model_info, register_model, taps_of)
 from edgeseg.training.models.layers import adaptive_avg_pool2d
 from edgeseg.training.models.resnet import resnet18, resnet50
 
@@ -310,6 +310,15 @@ def test_count_params_and_flops_of_a_known_network():
     multiply_adds = 3 * 8 * 9 * 32 * 48 + 8 * 4 * 16 * 24
     assert count_flops(net, (32, 48)) == pytest.approx(2 * multiply_adds / 1e9)
     assert net.training  # the count runs in eval mode and restores the previous mode
+
+
+def test_count_traffic_of_a_known_network():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1, stride=2, bias=False))
+    first = 3 * 32 * 48 + 8 * 32 * 48 + (3 * 8 * 9 + 8)  # input, output, weights and bias of the 3x3 conv
+    second = 8 * 32 * 48 + 4 * 16 * 24 + 8 * 4  # the ReLU is taken as fused: its output is the next conv's input
+    assert count_traffic(net, (32, 48)) == pytest.approx(4 * (first + second) / 1e6)
+    assert count_traffic(net.double(), (32, 48)) == pytest.approx(8 * (first + second) / 1e6)
+    assert not [m for m in net.modules() if m._forward_hooks]  # the hooks are removed
 
 
 def test_tiny_segnet_is_tiny():

@@ -115,7 +115,7 @@ def fake_row(label: str, size, precision: str, fps: float | None, miou: float | 
     latency = {"p50": 1000.0 / fps, "p90": 1100.0 / fps, "p99": 1200.0 / fps, "mean": 1000.0 / fps}
     return {**row, "status": "ok", "miou": miou, "pixel_acc": 0.8, "fps": fps, "e2e_fps": fps / 2,
             "latency_ms": latency, "e2e_latency_ms": latency, "load_average": [1.5, 2.5], "onnx_mb": 3.0,
-            "eval_images": 101}
+            "eval_images": 101, "roofline": {"share_of_peak": fps / 1000, "bound": "memory", "share_of_bound": 0.5}}
 
 
 def provenance(label: str, iterations: int | None) -> dict:
@@ -143,9 +143,9 @@ def test_markdown_report_has_a_table_per_size_with_skips_explained_once():
 
     small, large = table_lines(markdown, "## Network input 180x240"), table_lines(markdown, "## Network input 360x480")
     assert len(small) == 5 and len(large) == 1
-    assert all(line.count("|") == 13 for line in small + large)  # 12 cells in every row, skipped rows included
+    assert all(line.count("|") == 15 for line in small + large)  # 14 cells in every row, skipped rows included
     fast_int8 = next(line for line in small if "| fast |" in line and "| int8 |" in line)
-    assert "| 38.0 | 6.67 | 8.00 | 150.0 | 75.0 | yes |" in fast_int8
+    assert "| 38.0 | 6.67 | 8.00 | 150.0 | 75.0 | 15% | memory (50%) | yes |" in fast_int8
     big_fp32 = next(line for line in small if "| big |" in line and "| fp32 |" in line)
     assert "| yes |" not in big_fp32  # slower and less accurate than fast fp32
     assert sum("skipped (1)" in line for line in small) == 2
@@ -208,6 +208,9 @@ def test_one_row_end_to_end_writes_every_report(first_run):
         assert row["providers"] == ["CPUExecutionProvider"]
         assert row["fps"] > 0 and row["e2e_fps"] > 0 and row["latency_ms"]["p99"] >= row["latency_ms"]["p50"]
         assert Path(row["onnx"]).is_file() and row["training"]["iterations"] == 25
+        roofline = row["roofline"]  # the CPU's limits, measured beside the row, and where the model sits under them
+        assert roofline["peak_gflops"] > 1 and roofline["bandwidth_gbs"] > 0.1
+        assert roofline["gflops_per_s"] == pytest.approx(row["gflops"] / (row["latency_ms"]["p50"] / 1e3))
     # The exported FP32 file scores what the PyTorch network scores at the same input size.
     reference = reference_class_iou(first_run["model"], EVAL_IMAGES)
     measured = rows["fp32"]["per_class_iou"]

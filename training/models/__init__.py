@@ -9,8 +9,8 @@ Importing this package registers every family. Typical use::
 
 from . import bisenetv2, deeplabv3, fastscnn, lraspp, pspnet, tiny  # noqa: F401  (imported to register)
 from ._registry import Tap, create_model, list_models, model_info, register_model, taps_of
-from .profile import count_flops, count_params
+from .profile import count_flops, count_params, count_traffic
 from .weights import load_backbone_weights, read_state_dict
 
-__all__ = ["Tap", "count_flops", "count_params", "create_model", "list_models", "load_backbone_weights",
-           "model_info", "read_state_dict", "register_model", "taps_of"]
+__all__ = ["Tap", "count_flops", "count_params", "count_traffic", "create_model", "list_models",
+           "load_backbone_weights", "model_info", "read_state_dict", "register_model", "taps_of"]

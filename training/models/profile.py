@@ -31,3 +31,37 @@ def count_flops(model: nn.Module, input_size: tuple[int, int], batch_size: int =
     finally:
         model.train(was_training)
     return counter.get_total_flops() / 1e9
+
+
+_WEIGHTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+
+def count_traffic(model: nn.Module, input_size: tuple[int, int], batch_size: int = 1) -> float:
+    """Megabytes one forward pass must move through memory at least, in the model's dtype: the input and output
+    of every convolution and linear layer and its weights, once each.
+
+    This is the traffic of a deployed graph whose batch norms and activations are fused into the convolutions and
+    whose tensors do not stay in cache between layers; with :func:`count_flops` it gives a model's arithmetic
+    intensity, which decides whether a roofline bounds it by compute or by memory bandwidth. Pooling, resizing and
+    element-wise layers add traffic it does not count, so the figure is a lower bound.
+    """
+    height, width = input_size
+    parameter = next(model.parameters())
+    total = [0]
+
+    def tally(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        weights = sum(p.numel() for p in module.parameters(recurse=False))
+        total[0] += (inputs[0].numel() + output.numel() + weights) * output.element_size()
+
+    hooks = [m.register_forward_hook(tally) for m in model.modules() if isinstance(m, _WEIGHTED_LAYERS)]
+    dummy = torch.zeros(batch_size, 3, height, width, dtype=parameter.dtype, device=parameter.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(dummy)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return total[0] / 1e6
