@@ -4,8 +4,10 @@
 including the host/device copies a real caller also pays. *End-to-end, serial*: ``prepare`` + ``run`` + ``finish``
 one after the other from a uint8 frame at a camera's size (540x960 by default, like the bundled dashcam video) to
 the class map at that size. Both rates are ``batch / mean latency`` of back-to-back calls, not the pipelined
-throughput of ``edgeseg video``, which overlaps the three stages in threads; the two blocks are timed one after the
-other, so on a busy machine the end-to-end rate can come out above the model-only one (issue 17 saw 2-3%).
+throughput of ``edgeseg video``, which overlaps the three stages in threads. The two are timed in alternation, one
+model-only call then one end-to-end call, so that load from other processes and clock changes hit both alike: timed
+as two blocks one after the other, the end-to-end rate came out 2-3% above the model-only one on a busy machine
+(issue 17).
 Each call is timed with ``perf_counter``; backends return only once results are on the host (ONNX Runtime's
 IO-binding run is synchronous, the TensorRT backend synchronises its stream), so GPU work is inside the
 measurement. All samples are kept: no outlier clipping, tails show in p99.
@@ -42,20 +44,23 @@ def synthetic_frame(size: tuple[int, int], seed: int = 0) -> np.ndarray:
     return cv2.resize(coarse, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
 
 
-def time_calls(call: Callable[[], object], warmup: int, iters: int, label: str = "", progress: bool | None = None
-               ) -> list[float]:
-    """Run ``call`` ``warmup`` times untimed, then ``iters`` times timed; returns seconds per call.
+def time_alternating(calls: list[Callable[[], object]], warmup: int, iters: int, progress: bool | None = None
+                     ) -> list[list[float]]:
+    """Run every call ``warmup`` times untimed, then ``iters`` rounds of each call once, timed; returns seconds per
+    call, one list per call.
 
     ``progress=None`` shows a bar on an interactive stderr for runs longer than about a second.
     """
     for _ in range(warmup):
-        call()
-    samples = []
-    for _ in tqdm(range(iters), desc=label, unit="it", file=sys.stderr, leave=False, delay=1.0,
+        for call in calls:
+            call()
+    samples: list[list[float]] = [[] for _ in calls]
+    for _ in tqdm(range(iters), desc="timing", unit="round", file=sys.stderr, leave=False, delay=1.0,
                   disable=None if progress is None else not progress):
-        start = perf_counter()
-        call()
-        samples.append(perf_counter() - start)
+        for call, times in zip(calls, samples):
+            start = perf_counter()
+            call()
+            times.append(perf_counter() - start)
     return samples
 
 
@@ -73,11 +78,10 @@ def benchmark(segmenter: Segmenter, batch: int = 1, warmup: int = 10, iters: int
     frames = [synthetic_frame(camera_size, seed=i) for i in range(batch)]
     network_size = segmenter.network_size(frames)
     prepared = segmenter.prepare([synthetic_frame(network_size, seed=i) for i in range(batch)])
-    model_samples = time_calls(lambda: segmenter.run(prepared), warmup, iters, "model-only", progress)
-
     frame_sizes = [frame.shape[:2] for frame in frames]
-    e2e_samples = time_calls(lambda: segmenter.finish(segmenter.run(segmenter.prepare(frames)), frame_sizes),
-                             warmup, iters, "end-to-end", progress)
+    model_samples, e2e_samples = time_alternating(
+        [lambda: segmenter.run(prepared),
+         lambda: segmenter.finish(segmenter.run(segmenter.prepare(frames)), frame_sizes)], warmup, iters, progress)
     latency, e2e_latency = latency_summary(model_samples), latency_summary(e2e_samples)
     backend = segmenter.backend
     return {
@@ -102,7 +106,7 @@ def benchmark(segmenter: Segmenter, batch: int = 1, warmup: int = 10, iters: int
 BENCH_NOTES = (
     "model-only: the network call on a prepared batch; end-to-end, serial: frame -> prepare -> run -> finish -> map",
     "img/s, frames/s: batch / mean latency of back-to-back calls, not pipelined throughput (edgeseg video overlaps",
-    "the stages); the blocks are timed one after the other, so noise can put end-to-end above model-only",
+    "the stages); the two are timed in alternation, call by call, so that load hits both alike",
 )
 
 
