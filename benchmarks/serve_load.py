@@ -1,7 +1,8 @@
 """Load test of ``edgeseg serve``: throughput and latency without and with dynamic batching.
 
-The script starts one ``edgeseg serve`` per configuration (by default ``--max-batch 1`` and ``--max-batch 8
---max-wait-ms 5``) on 127.0.0.1 with OS-chosen ports, then sends each a bounded number of ``POST /v1/segment``
+The script starts one ``edgeseg serve`` per configuration (``--compare batching``, the default: ``--max-batch 1``
+and ``--max-batch 8 --max-wait-ms 5``; ``--compare spinning``: batching on, ONNX Runtime's thread spinning off and
+on, issue 17) on 127.0.0.1 with OS-chosen ports, then sends each a bounded number of ``POST /v1/segment``
 requests with a fixed number in flight (asyncio + httpx), alternating between them over ``--rounds`` so that a slow
 spell of a shared machine does not land on one configuration only, and stops the servers at the end. Every request
 asks for the PNG class map of the same 360x480 CamVid JPEG; throughput counts completed requests per wall-clock
@@ -52,7 +53,13 @@ SAMPLE_VAL = Path(__file__).resolve().parents[1] / "edgeseg" / "assets" / "camvi
 DEFAULT_IMAGE_DIRS = tuple(Path(root) / "camvid" / "images" / "val" for root in [os.environ.get("EDGESEG_DATA")]
                            if root) + (SAMPLE_VAL,)
 ANSWERS = {"png": "PNG class map", "json": "JSON class share"}
-CONFIGS = {"no batching": ("--max-batch", "1"), "dynamic batching": ("--max-batch", "8", "--max-wait-ms", "5")}
+BATCHING = ("--max-batch", "8", "--max-wait-ms", "5")
+COMPARISONS = {
+    "batching": {"no batching": ("--max-batch", "1"), "dynamic batching": BATCHING},
+    "spinning": {"spinning off": (*BATCHING, "--ort-spinning", "off"),
+                 "spinning on": (*BATCHING, "--ort-spinning", "on")},
+}
+"""Two server configurations per comparison: the first is the baseline that the second is divided by."""
 START_TIMEOUT_S = 120
 
 
@@ -214,7 +221,7 @@ def run_row(requests: int, pending, latencies: list[float], errors: list[str], w
     }
 
 
-def summarise(runs: list[dict], configs=CONFIGS) -> dict:
+def summarise(runs: list[dict], configs: dict) -> dict:
     """Per configuration, the median of its runs (errors summed, batch size over all of them)."""
     summary = {}
     for name in configs:
@@ -233,8 +240,8 @@ def summarise(runs: list[dict], configs=CONFIGS) -> dict:
 
 def write_report(result: dict, stem: Path) -> None:
     write_json_atomic(stem.with_suffix(".json"), result)
-    summary = result["summary"]
-    baseline, batched = summary["no batching"], summary["dynamic batching"]
+    summary, configs = result["summary"], result["configs"]
+    (base_name, baseline), (other_name, other) = ((name, summary[name]) for name in configs)
     lines = [
         "# edgeseg serve under load",
         "",
@@ -250,15 +257,15 @@ def write_report(result: dict, stem: Path) -> None:
         "| errors | mean batch |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, flags in CONFIGS.items():
+    for name, flags in configs.items():
         row = summary[name]
         lines.append(f"| {name} | `{' '.join(flags)}` | {row['throughput_rps']} | {row['p50_ms']} | {row['p99_ms']} "
                      f"| {row['server_cpu_ms_per_request']} | {row['errors']} | {row['mean_batch_size']} |")
     lines += [
         "",
-        "Dynamic batching / no batching: throughput "
-        f"**{batched['throughput_rps'] / baseline['throughput_rps']:.2f}x**, server CPU per request "
-        f"**{batched['server_cpu_ms_per_request'] / baseline['server_cpu_ms_per_request']:.2f}x**.",
+        f"{other_name[0].upper()}{other_name[1:]} / {base_name}: throughput "
+        f"**{other['throughput_rps'] / baseline['throughput_rps']:.2f}x**, server CPU per request "
+        f"**{other['server_cpu_ms_per_request'] / baseline['server_cpu_ms_per_request']:.2f}x**.",
         "",
         "The network alone (`Segmenter.run` on a prepared batch, median of 3 alternating repeats, in the benchmark "
         "process before the servers start): "
@@ -302,8 +309,12 @@ def main() -> int:
                         help="size of the JPEG each request sends (default 360x480)")
     parser.add_argument("--answer", choices=sorted(ANSWERS), default="png",
                         help="what the server answers: the class map as PNG (default) or class shares as JSON")
+    parser.add_argument("--compare", choices=sorted(COMPARISONS), default="batching",
+                        help="the two server configurations: without and with dynamic batching (default), or ONNX "
+                             "Runtime's thread spinning off and on (both batching)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="output path without suffix")
     args = parser.parse_args()
+    configs = COMPARISONS[args.compare]
     if not 1 <= args.requests <= 5000 or not 1 <= args.concurrency <= 256:
         parser.error("keep --requests in 1..5000 and --concurrency in 1..256")
 
@@ -332,10 +343,10 @@ def main() -> int:
         # configurations alternate closely in time and share the machine's good and bad spells alike.
         servers = {}
         try:
-            for name, flags in CONFIGS.items():
+            for name, flags in configs.items():
                 servers[name] = Server(model, flags)
             for round_index in range(1, args.rounds + 1):
-                for name in CONFIGS:
+                for name in configs:
                     run = asyncio.run(load(servers[name], body, args.answer, args.requests, args.concurrency,
                                            args.time_limit))
                     run.update(config=name, round=round_index)
@@ -358,17 +369,18 @@ def main() -> int:
             "send_size": f"{args.send_size[0]}x{args.send_size[1]}",
             "answer": args.answer,
             "model": {"file": Path(model).name, "name": model_name, "input": input_desc, "description": description},
-            "configs": {name: list(flags) for name, flags in CONFIGS.items()},
+            "configs": {name: list(flags) for name, flags in configs.items()},
             "load_average": load_average,
             "model_only": network,
             "runs": runs,
-            "summary": summarise(runs),
+            "summary": summarise(runs, configs),
             "machine": describe_machine(),
         }
     write_report(result, args.results)
     summary = result["summary"]
-    ratio = summary["dynamic batching"]["throughput_rps"] / summary["no batching"]["throughput_rps"]
-    print(f"dynamic batching / no batching throughput: {ratio:.2f}x; wrote {args.results}.md/.json")
+    base_name, other_name = configs
+    ratio = summary[other_name]["throughput_rps"] / summary[base_name]["throughput_rps"]
+    print(f"{other_name} / {base_name} throughput: {ratio:.2f}x; wrote {args.results}.md/.json")
     return 0 if all(row["errors"] == 0 for row in summary.values()) else 1
 
 

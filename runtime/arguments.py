@@ -19,10 +19,13 @@ DEVICE_HELP = ("where to run: auto (best available, warns on a CPU fallback), cp
                "(ONNX Runtime's TensorRT provider); explicit devices fail instead of falling back")
 
 
-ORT_SPINNING = {"eval": False, "bench": False, "serve": False, "video": False}
-"""Each command's default for ONNX Runtime's intra-op spinning (``--ort-spinning``). Off everywhere, as before issue
-17, until its measurement chooses: the fastest setting for bench/serve, and for video the best end-to-end FPS with
-decode threads running (spinning made small models faster alone, but it takes cycles from those threads)."""
+ORT_SPINNING = {"eval": False, "bench": True, "serve": False, "video": False}
+"""Each command's default for ONNX Runtime's intra-op spinning (``--ort-spinning``), chosen by
+``benchmarks/cpu_backends.py`` (issue 17; six students at 360x480 on a 2-core Xeon). ``bench`` times the model
+alone, where spinning was faster for every student (1.02-1.12x). ``video`` overlaps decode, overlay and encode
+threads with the model, and there spinning lowered the end-to-end FPS of the small students (Fast-SCNN 52.4 -> 44.2,
+LR-ASPP 30.6 -> 28.1) and changed the large ones by under 3%, so it stays off. ``serve`` and ``eval`` run decode
+threads beside the model as ``video`` does and were not measured: off, as before."""
 
 
 def count_argument(minimum: int):
@@ -70,7 +73,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "with BF16 units and is refused elsewhere; an INT8 export runs its Q/DQ graph as it is")
     parser.add_argument("--ort-spinning", choices=("on", "off"),
                         help="whether ONNX Runtime's idle CPU threads spin-wait instead of sleeping: shorter calls, "
-                             "but fewer cycles for other threads such as video decode (default: off)")
+                             "but fewer cycles for other threads such as video decode (default: on for bench only)")
 
 
 def backend_options(args: argparse.Namespace, command: str) -> dict:

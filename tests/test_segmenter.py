@@ -390,9 +390,10 @@ def test_each_command_has_its_spinning_policy(tiny_onnx, monkeypatch):
     parser = argparse.ArgumentParser()
     add_model_arguments(parser)
     parse = parser.parse_args
-    assert backend_options(parse([str(tiny_onnx.static)]), "video")["spinning"] is False
-    monkeypatch.setitem(ORT_SPINNING, "bench", True)
-    assert backend_options(parse([str(tiny_onnx.static)]), "bench")["spinning"] is True
+    monkeypatch.setitem(ORT_SPINNING, "video", True)
+    assert backend_options(parse([str(tiny_onnx.static)]), "video")["spinning"] is True
+    monkeypatch.setitem(ORT_SPINNING, "video", False)
+    assert backend_options(parse([str(tiny_onnx.static)]), "bench")["spinning"] is ORT_SPINNING["bench"]
     assert backend_options(parse([str(tiny_onnx.static)]), "video")["spinning"] is False
     assert backend_options(parse([str(tiny_onnx.static), "--ort-spinning", "off"]), "bench")["spinning"] is False
     assert backend_options(parse([str(tiny_onnx.static), "--backend", "openvino"]), "bench")["spinning"] is None
