@@ -23,8 +23,9 @@ ORT_SPINNING = {"eval": False, "bench": True, "serve": False, "video": False}
 """Each command's default for ONNX Runtime's intra-op spinning (``--ort-spinning``), chosen by
 ``benchmarks/cpu_backends.py`` (issue 17; six students at 360x480 on a 2-core Xeon). ``bench`` times the model
 alone, where spinning was faster for every student (1.02-1.12x). ``video`` overlaps decode, overlay and encode
-threads with the model, and there spinning lowered the end-to-end FPS of the small students (Fast-SCNN 52.4 -> 44.2,
-LR-ASPP 30.6 -> 28.1) and changed the large ones by under 3%, so it stays off. ``serve`` and ``eval`` run decode
+threads with the model, and there spinning lowered the end-to-end FPS of four students (Fast-SCNN 52.4 -> 44.2,
+LR-ASPP 30.6 -> 28.1, DeepLabV3+ 15.7 -> 14.8, DeepLabV3-R18 10.4 -> 10.1) and raised two by about 1%, so it stays
+off. ``serve`` and ``eval`` run decode
 threads beside the model as ``video`` does and were not measured: off, as before."""
 
 
