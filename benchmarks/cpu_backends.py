@@ -20,6 +20,7 @@ every configuration alike. The figure is the median of all timed calls.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ from edgeseg.runtime.video import segment_video
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import header_lines, provenance  # noqa: E402
-from roofline import bandwidth_limit, gemm_limit, place  # noqa: E402
+from roofline import GEMM_SIZE, STREAM_MB, bandwidth_limit, gemm_limit, place  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EXPORTS = {"fp32": {"precision": "fp32"}, "int8-cpu": {"precision": "int8", "int8_scheme": "cpu"},
@@ -108,8 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                         "$EDGESEG_DATA/video/solidWhiteRight.mp4, the shared highway clip)")
     parser.add_argument("--video-frames", type=count_argument(0), default=120,
                         help="frames per video run, two runs per spinning setting (0: no video measurement)")
-    parser.add_argument("--gemm-size", type=count_argument(16), default=1024, help="N of the N x N x N MatMul")
-    parser.add_argument("--stream-mb", type=count_argument(1), default=256, help="MB per array of the stream Add")
+    parser.add_argument("--gemm-size", type=count_argument(16), default=GEMM_SIZE, help="N of the N x N x N MatMul")
+    parser.add_argument("--stream-mb", type=count_argument(1), default=STREAM_MB, help="MB per array of the stream Add")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for cpu_backends.{md,json}")
     args = parser.parse_args(argv)
     if args.video is None and args.video_frames:
@@ -158,6 +159,7 @@ def export(checkpoint: Path, name: str, args: argparse.Namespace, out: Path) -> 
     return out
 
 
+@functools.cache
 def bf16_supported() -> bool:
     import openvino
 

@@ -34,29 +34,34 @@ def _median_seconds(session, feed: dict, iters: int) -> float:
     return float(np.median(samples))
 
 
-def gemm_limit(n: int, threads: int, iters: int) -> float:
-    """Dense FP32 GFLOP/s of an ONNX Runtime N x N x N MatMul on ``threads`` threads (median of ``iters``)."""
+GEMM_SIZE = 1024
+"""N of the N x N x N MatMul that measures the dense peak."""
+STREAM_MB = 256
+"""Megabytes per array of the stream Add: far beyond any CPU cache."""
+
+
+def _binary_op_seconds(op: str, feed: dict[str, np.ndarray], threads: int, iters: int) -> float:
+    """Median seconds of ONNX Runtime's ``c = op(a, b)`` on the FP32 arrays ``feed`` gives for ``a`` and ``b``."""
     from onnx import TensorProto, helper
 
-    shape = [n, n]
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+    shape = list(feed["a"].shape)
+    graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["c"])], op.lower(),
                               [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name in "ab"],
                               [helper.make_tensor_value_info("c", TensorProto.FLOAT, shape)])
+    return _median_seconds(_session(graph, threads), feed, iters)
+
+
+def gemm_limit(n: int, threads: int, iters: int) -> float:
+    """Dense FP32 GFLOP/s of an ONNX Runtime N x N x N MatMul on ``threads`` threads (median of ``iters``)."""
     rng = np.random.default_rng(0)
-    feed = {name: rng.standard_normal(shape, dtype=np.float32) for name in "ab"}
-    return 2.0 * n ** 3 / _median_seconds(_session(graph, threads), feed, iters) / 1e9
+    feed = {name: rng.standard_normal((n, n), dtype=np.float32) for name in "ab"}
+    return 2.0 * n ** 3 / _binary_op_seconds("MatMul", feed, threads, iters) / 1e9
 
 
 def bandwidth_limit(megabytes: int, threads: int, iters: int) -> float:
     """Memory bandwidth in GB/s: an ONNX Runtime Add of two ``megabytes`` FP32 arrays into a third (3 arrays moved)."""
-    from onnx import TensorProto, helper
-
-    shape = [megabytes * 1_000_000 // 4]
-    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["c"])], "stream",
-                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name in "ab"],
-                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, shape)])
-    feed = {name: np.ones(shape, dtype=np.float32) for name in "ab"}
-    return 3 * megabytes * 1e6 / _median_seconds(_session(graph, threads), feed, iters) / 1e9
+    feed = {name: np.ones(megabytes * 1_000_000 // 4, dtype=np.float32) for name in "ab"}
+    return 3 * megabytes * 1e6 / _binary_op_seconds("Add", feed, threads, iters) / 1e9
 
 
 def place(gflop: float, traffic_mb: float, seconds: float, peak_gflops: float, bandwidth_gbs: float) -> dict:

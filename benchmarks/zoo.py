@@ -46,7 +46,7 @@ from edgeseg.runtime.segmenter import Segmenter
 from edgeseg.runtime.sysinfo import describe_machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from roofline import bandwidth_limit, gemm_limit, place  # noqa: E402
+from roofline import GEMM_SIZE, STREAM_MB, bandwidth_limit, gemm_limit, place  # noqa: E402
 from zoo_report import DEVICE_LABELS, DEVICES, PRECISIONS, describe_row, size_text, write_reports  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -277,8 +277,9 @@ class ZooRun:
             evaluated = time.perf_counter()
             load_before = os.getloadavg()[0]
             # the CPU's limits beside each CPU row, under the same load, so that a cached row keeps its own
-            limits = ({"peak_gflops": gemm_limit(1024, self.settings.threads, 10),
-                       "bandwidth_gbs": bandwidth_limit(256, self.settings.threads, 5)} if device == "cpu" else None)
+            limits = ({"peak_gflops": gemm_limit(GEMM_SIZE, self.settings.threads, 10),
+                       "bandwidth_gbs": bandwidth_limit(STREAM_MB, self.settings.threads, 5)}
+                      if device == "cpu" else None)
             timing = benchmark(segmenter, batch=self.settings.batch, warmup=self.settings.warmup,
                                iters=self.settings.iters, camera_size=tuple(self.settings.camera_size),
                                progress=False)

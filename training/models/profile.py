@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -20,16 +22,8 @@ def count_flops(model: nn.Module, input_size: tuple[int, int], batch_size: int =
     ``torch.utils.flop_counter.FlopCounterMode``); batch norm, activations, pooling and resizing are left out,
     as in most published tables.
     """
-    height, width = input_size
-    parameter = next(model.parameters())
-    dummy = torch.zeros(batch_size, 3, height, width, dtype=parameter.dtype, device=parameter.device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(dummy)
-    finally:
-        model.train(was_training)
+    with FlopCounterMode(display=False) as counter:
+        _forward_once(model, input_size, batch_size)
     return counter.get_total_flops() / 1e9
 
 
@@ -45,15 +39,24 @@ def count_traffic(model: nn.Module, input_size: tuple[int, int], batch_size: int
     intensity, which decides whether a roofline bounds it by compute or by memory bandwidth. Pooling, resizing and
     element-wise layers add traffic it does not count, so the figure is a lower bound.
     """
-    height, width = input_size
-    parameter = next(model.parameters())
     total = [0]
 
     def tally(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         weights = sum(p.numel() for p in module.parameters(recurse=False))
         total[0] += (inputs[0].numel() + output.numel() + weights) * output.element_size()
 
-    hooks = [m.register_forward_hook(tally) for m in model.modules() if isinstance(m, _WEIGHTED_LAYERS)]
+    with contextlib.ExitStack() as hooks:
+        for module in model.modules():
+            if isinstance(module, _WEIGHTED_LAYERS):
+                hooks.callback(module.register_forward_hook(tally).remove)
+        _forward_once(model, input_size, batch_size)
+    return total[0] / 1e6
+
+
+def _forward_once(model: nn.Module, input_size: tuple[int, int], batch_size: int) -> None:
+    """One inference forward pass of a zero batch in the model's dtype and device; the train/eval mode is restored."""
+    height, width = input_size
+    parameter = next(model.parameters())
     dummy = torch.zeros(batch_size, 3, height, width, dtype=parameter.dtype, device=parameter.device)
     was_training = model.training
     model.eval()
@@ -62,6 +65,3 @@ def count_traffic(model: nn.Module, input_size: tuple[int, int], batch_size: int
             model(dummy)
     finally:
         model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    return total[0] / 1e6
